@@ -1,0 +1,531 @@
+"""
+Does recurrent depth follow per-token difficulty? Statistics on the per-token
+records that evaluate.py writes.
+
+$ python analyze.py out/dfs-early/tokens.csv out/dfs-online/tokens.csv --plots
+
+Input: tokens.csv, one row per target token with the columns
+task,router,sample,n,pos,target,pred,correct,depth and then the task's
+ground-truth features (every column after `depth`); and summary.json beside
+it, when present, for the accuracy-by-size table. Output: Markdown tables on
+stdout and in report.md, every number in --json, figures with --plots.
+
+The three questions of the study, and the statistics that answer them:
+
+1. Alignment: does per-token compute follow true complexity?
+   - Spearman rho (rank correlation: any monotone relation; ties get average
+     ranks) and Pearson r (linear) of depth with every feature.
+   - The depth histogram, and mean depth per value of the task's main
+     difficulty feature (backtrack for dfs, ready for topo, hops for lang).
+2. Generalization: token accuracy, exact match and mean depth per input size,
+   sizes outside the training range marked OOD. The paper: models spend more
+   depth on larger inputs, and it does not buy extrapolation.
+3. Decision timing: an early router (ANIRA-E) fixes depth from a shallow
+   representation; online halting (ANIRA-O) decides during the recurrence.
+   - OLS of depth on z-scored features with an intercept. R^2 = share of the
+     variance of depth the features explain linearly; a coefficient = change
+     in depth per standard deviation of its feature, the others held fixed.
+   - Importance = each feature's share of the explained variance, two ways,
+     each normalized to 100%: drop-one (how much R^2 falls without the
+     feature: its unique part) and LMG/Shapley (its R^2 gain averaged over
+     all orders in which the features can enter: shared parts split fairly).
+   - R^2 of static-only features (known from the prompt: size, degrees, hubs)
+     versus dynamic-only ones (the algorithm's execution state); see TASKS.
+     The paper: early decisions lean on static cues, online halting tracks
+     the execution state.
+   - The same OLS with the size n one-hot instead of linear: the gain in R^2
+     is the non-linear size effect (the paper: large for ANIRA-E only).
+"""
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# Per task: `size` is the linear size feature that the categorical model
+# replaces by a one-hot of n; `static` features are fixed by the prompt before
+# any output token (so a shallow, early decision can see them); `dynamic`
+# ones are the algorithm's state at this token; `align` is the main difficulty
+# feature (mean depth per value); `key` features are plotted against depth.
+# Features missing from a CSV are skipped; a task not listed here gets
+# correlations and the full regression only.
+TASKS = {
+    "dfs": dict(size="n_nodes", align="backtrack",
+                static=["n_nodes", "n_edges", "degree", "max_degree", "is_hub"],
+                dynamic=["stack_depth", "backtrack", "frontier", "newly_enabled", "step", "remaining"],
+                key=["backtrack", "stack_depth", "frontier", "newly_enabled", "degree", "n_nodes"]),
+    "topo": dict(size="n_nodes", align="ready",
+                 static=["n_nodes", "n_edges", "in_degree", "out_degree", "max_degree", "is_hub"],
+                 dynamic=["step", "remaining", "ready", "newly_enabled"],
+                 key=["ready", "newly_enabled", "out_degree", "in_degree", "remaining", "n_nodes"]),
+    "lang": dict(size="n_vars", align="hops",  # kind: 0 filler, 1 random, 2 reference
+                 static=["n_vars", "distractors"],
+                 dynamic=["kind", "hops", "distance", "step"],
+                 key=["hops", "kind", "distance", "distractors", "n_vars"]),
+}
+EXACT_LMG_MAX = 12  # exact Shapley over all 2^p subsets up to this many features
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs = [(path, analyze(load_csv(path))) for path in args.csv]
+    labels = make_labels(runs)
+    out = Path(args.out) if args.out else Path(args.csv[0]).parent / "report.md"
+    lines = ["# Compute allocation: depth against per-token difficulty", ""]
+    for (path, r), label in zip(runs, labels):
+        lines += file_section(path, r, label)
+    if len(runs) > 1:
+        lines += comparison(runs, labels)
+    if args.plots:
+        lines += plots(runs, labels, out.parent)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write(out, text)
+    print(f"wrote {out}")
+    if args.json:
+        files = {path: dict(r, label=label) for (path, r), label in zip(runs, labels)}
+        write(Path(args.json), json.dumps(nan_to_none({"files": files}), indent=1, allow_nan=False))
+        print(f"wrote {args.json}")
+
+
+def analyze(d):
+    """Every statistic of one CSV, as a JSON-ready dict (NaN where undefined)."""
+    cfg = TASKS.get(d["task"], {})
+    X, y, names = d["X"], d["depth"], d["features"]
+    notes = []
+    # a constant feature has no variance to explain anything: leave it out of the fits
+    kept = [f for j, f in enumerate(names) if np.ptp(X[:, j]) > 0]
+    dropped = [f for f in names if f not in kept]
+    Z = zscore(X[:, [names.index(f) for f in kept]])
+    constant_depth = np.ptp(y) == 0
+    if constant_depth:
+        notes.append("depth is constant: correlations, R^2 and importance are undefined (n/a)")
+
+    coef, intercept, r2_full = ols(Z, y)
+    if np.linalg.matrix_rank(Z) < len(kept):
+        notes.append("some features are exact linear combinations of others (e.g. step + remaining = n_nodes): "
+                     "their coefficients are one of many equally good fits (minimum norm); LMG shares split "
+                     "the credit fairly")
+    lmg, drop, method = importance(Z, y, constant_depth)
+    if not constant_depth and not np.isfinite(lmg).any():
+        notes.append("the features explain no variance of depth: importance shares are undefined")
+    elif not constant_depth and not np.isfinite(drop).any():
+        notes.append("no feature explains depth on its own (collinear): drop-one shares are undefined")
+
+    # decision timing: how much of depth do static cues explain, how much the execution state?
+    if not cfg:
+        notes.append(f"task '{d['task']}' is not in TASKS: no static/dynamic split")
+    r2_group = {}
+    for group in ("static", "dynamic"):
+        cols = [j for j, f in enumerate(kept) if f in cfg.get(group, ())]
+        r2_group[group] = ols(Z[:, cols], y)[2] if cols else math.nan
+        if cfg and not cols:
+            notes.append(f"no non-constant {group} feature: R^2 {group} is undefined")
+    # a static feature that the dynamic ones reproduce exactly leaks into R^2 dynamic
+    dynamic = [j for j, f in enumerate(kept) if f in cfg.get("dynamic", ())]
+    leaked = [f for j, f in enumerate(kept) if f in cfg.get("static", ()) and dynamic
+              and ols(Z[:, dynamic], Z[:, j])[2] > 0.999]
+    if leaked:
+        notes.append(f"the dynamic features determine {', '.join(leaked)} exactly (e.g. step + remaining = "
+                     "n_nodes), so R^2 dynamic also captures that static effect")
+
+    # non-linear size effect: swap the linear size feature for a one-hot of n
+    size = cfg.get("size") or next((f for f in ("n_nodes", "n_vars") if f in names), None)
+    levels = np.unique(d["n"])
+    onehot = (d["n"][:, None] == levels[1:]).astype(float)  # the first size is the baseline
+    others = [j for j, f in enumerate(kept) if f != size]
+    r2_cat = ols(np.hstack([Z[:, others], onehot]), y)[2]
+
+    def per_feature(values):
+        return {f: (values[kept.index(f)] if f in kept else math.nan) for f in names}
+
+    align = cfg.get("align") if cfg.get("align") in names else None
+    shown = list(dict.fromkeys(f for f in [align, *cfg.get("key", names[:6])] if f in names))
+    values, counts = np.unique(y, return_counts=True)
+    rank_y = rankdata(y)
+    by_size, source, train_sizes = sizes(d)
+    return {
+        "task": d["task"], "router": d["router"], "rows": len(y), "features": names, "dropped": dropped,
+        "size_feature": size,
+        "static_features": [f for f in kept if f in cfg.get("static", ())],
+        "dynamic_features": [f for f in kept if f in cfg.get("dynamic", ())],
+        "r2_full": r2_full, "r2_static": r2_group["static"], "r2_dynamic": r2_group["dynamic"],
+        "r2_categorical_n": r2_cat, "r2_categorical_gain": r2_cat - r2_full,
+        "intercept": float(intercept), "coef": per_feature(coef),
+        "importance": per_feature(lmg), "importance_drop_one": per_feature(drop), "importance_method": method,
+        "spearman": {f: corr(rankdata(X[:, j]), rank_y) for j, f in enumerate(names)},
+        "pearson": {f: corr(X[:, j], y) for j, f in enumerate(names)},
+        "depth_hist": {str(number(v)): int(c) for v, c in zip(values, counts)},
+        "mean_depth": float(y.mean()), "std_depth": float(y.std()),
+        "alignment_feature": align,
+        "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"]) for f in shown},
+        "depth_by_n": by_value(d["n"], y, d["correct"]),
+        "by_size": by_size, "by_size_source": source, "train_sizes": train_sizes,
+        "notes": notes,
+    }
+
+
+def ols(X, y):
+    """Least squares of y on [1, X]: (coefficients, intercept, R^2).
+    R^2 is NaN when y is constant: there is no variance to explain."""
+    A = np.hstack([np.ones((len(y), 1)), X])
+    beta = np.linalg.lstsq(A, y, rcond=None)[0]
+    ss_tot = np.sum((y - y.mean()) ** 2)
+    ss_res = np.sum((y - A @ beta) ** 2)
+    return beta[1:], beta[0], (1 - ss_res / ss_tot if ss_tot > 0 else math.nan)
+
+
+def importance(Z, y, constant_depth):
+    """Shares (in %) of the explained variance: (LMG/Shapley, drop-one, method).
+    Both need R^2 of many feature subsets. With z-scored features,
+    R^2(S) = r_S' C_SS^-1 r_S (C: the features' correlation matrix, r: their
+    correlations with depth), so each subset costs a p x p solve however many
+    rows the CSV has; subsets are bitmasks, cached."""
+    p = Z.shape[1]
+    if constant_depth or p == 0:
+        return np.full(p, math.nan), np.full(p, math.nan), "n/a"
+    yc = (y - y.mean()) / y.std()
+    C, r = Z.T @ Z / len(y), Z.T @ yc / len(y)
+    cache = {0: 0.0}
+
+    def r2(mask):
+        if mask not in cache:
+            idx = [j for j in range(p) if mask >> j & 1]
+            cache[mask] = float(r[idx] @ np.linalg.lstsq(C[np.ix_(idx, idx)], r[idx], rcond=None)[0])
+        return cache[mask]
+
+    full = (1 << p) - 1
+    drop = np.array([r2(full) - r2(full & ~(1 << j)) for j in range(p)])
+    phi = np.zeros(p)
+    if p <= EXACT_LMG_MAX:
+        # average over all p! orderings = sum over subsets S without j, weighted
+        # by the share of orderings in which j enters right after S
+        weight = [math.factorial(s) * math.factorial(p - s - 1) / math.factorial(p) for s in range(p)]
+        for mask in range(full + 1):
+            size = bin(mask).count("1")
+            for j in range(p):
+                if not mask >> j & 1:
+                    phi[j] += weight[size] * (r2(mask | 1 << j) - r2(mask))
+        method = "exact Shapley (all orderings)"
+    else:
+        rng, orderings = np.random.default_rng(0), 2000
+        for _ in range(orderings):
+            mask = 0
+            for j in rng.permutation(p):
+                phi[j] += (r2(mask | 1 << j) - r2(mask)) / orderings
+                mask |= 1 << j
+        method = f"Shapley over {orderings} sampled orderings"
+    return percent(phi), percent(drop), method
+
+
+def sizes(d):
+    """Accuracy and depth per size: (rows, source, train_sizes). From
+    summary.json when present (it knows which sizes are OOD and has greedy
+    exact match), else from the CSV, with nothing marked OOD."""
+    if d["summary"]:
+        keys = ("n", "ood", "token_acc", "exact_match", "mean_depth", "num")
+        return ([{k: s.get(k) for k in keys} for s in d["summary"]["sizes"]],
+                "summary.json", d["summary"].get("train_sizes"))
+    rows = []
+    for v in np.unique(d["n"]):
+        m = d["n"] == v
+        acc = exact = math.nan
+        if d["correct"] is not None:
+            acc = float(d["correct"][m].mean())
+        if d["correct"] is not None and d["sample"] is not None:
+            # a sample is an exact match when none of its tokens is wrong
+            _, sample = np.unique(d["sample"][m], return_inverse=True)
+            exact = float(np.mean(np.bincount(sample, weights=1 - d["correct"][m]) == 0))
+        n_samples = len(np.unique(d["sample"][m])) if d["sample"] is not None else None
+        rows.append({"n": number(v), "ood": False, "token_acc": acc, "exact_match": exact,
+                     "mean_depth": float(d["depth"][m].mean()), "num": n_samples})
+    return rows, "csv", None
+
+
+def load_csv(path):
+    """Read evaluate.py's tokens.csv into numpy arrays; exit on bad input."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror or e}")
+    except (csv.Error, UnicodeDecodeError) as e:
+        fail(f"{path} is not a readable CSV: {e}")
+    if not rows:
+        fail(f"{path} is empty")
+    header, body = rows[0], rows[1:]
+    missing = [c for c in ("task", "n", "depth") if c not in header]
+    if missing:
+        fail(f"{path} lacks the column(s) {', '.join(missing)}: expected the tokens.csv of evaluate.py")
+    features = header[header.index("depth") + 1:]
+    if not features:
+        fail(f"{path} has no feature columns after 'depth'")
+    if len(body) < len(features) + 2:
+        fail(f"{path} has {len(body)} rows, too few for a regression on {len(features)} features "
+             f"(need at least {len(features) + 2})")
+    for i, r in enumerate(body):
+        if len(r) != len(header):
+            fail(f"{path}: data row {i + 1} has {len(r)} fields, the header has {len(header)}")
+    column = {name: [r[j] for r in body] for j, name in enumerate(header)}
+    tasks = sorted(set(column["task"]))
+    if len(tasks) > 1:
+        fail(f"{path} mixes tasks ({', '.join(tasks)}): give one CSV per run")
+    summary_path = Path(path).with_name("summary.json")
+    return {
+        "task": tasks[0], "router": "+".join(sorted(set(column.get("router", ["?"])))),
+        "features": features,
+        "X": np.column_stack([numeric(path, f, column[f]) for f in features]),
+        "n": numeric(path, "n", column["n"]), "depth": numeric(path, "depth", column["depth"]),
+        "correct": numeric(path, "correct", column["correct"]) if "correct" in column else None,
+        "sample": np.array(column["sample"]) if "sample" in column else None,
+        "summary": read_summary(summary_path) if summary_path.exists() else None,
+    }
+
+
+def read_summary(path):
+    """summary.json of evaluate.py, or None (with a warning) when it is unusable."""
+    try:
+        s = json.loads(path.read_text())
+        if all(isinstance(x, dict) and "n" in x for x in s["sizes"]):
+            return s
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(f"warning: ignoring {path}: not a summary.json with a 'sizes' list", file=sys.stderr)
+    return None
+
+
+# ----------------------------------------------------------------------------
+# report
+
+
+def file_section(path, r, label):
+    L = [f"## {label}: `{path}`", "",
+         f"Task `{r['task']}`, router `{r['router']}`, {r['rows']} tokens. "
+         f"Depth: mean {f3(r['mean_depth'])}, std {f3(r['std_depth'])}.", ""]
+    L += [f"Note: {note}." for note in r["notes"]] + ([""] if r["notes"] else [])
+    L += table(["depth", "tokens", "share"],
+               [[k, c, pct(100 * c / r["rows"])] for k, c in r["depth_hist"].items()])
+    a = r["alignment_feature"]
+    if a:
+        L += [f"### Alignment: mean depth by `{a}`", ""]
+        L += table([a, "tokens", "mean depth", "token acc"],
+                   [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"])]
+                    for x in r["depth_by_feature"][a]])
+    L += ["### Depth against features", "",
+          f"coef: depth per standard deviation of the feature (intercept {f3(r['intercept'])}); "
+          f"shares of explained variance: LMG ({r['importance_method']}) and drop-one.", ""]
+    group = {f: g for g in ("static", "dynamic") for f in TASKS.get(r["task"], {}).get(g, ())}
+    L += table(["feature", "group", "spearman", "pearson", "coef", "share LMG", "share drop-one"],
+               [[f, group.get(f, "-"), f3(r["spearman"][f]), f3(r["pearson"][f]),
+                 "dropped (constant)" if f in r["dropped"] else f3(r["coef"][f]),
+                 pct(r["importance"][f]), pct(r["importance_drop_one"][f])] for f in r["features"]])
+    L += ["### Regressions", ""]
+    L += table(["model", "R^2"], [[name, f3(r[key])] for key, name in R2_ROWS])
+    s, dy = r["r2_static"], r["r2_dynamic"]
+    if np.isfinite(s) and np.isfinite(dy):
+        L += [f"Decision timing: depth follows {'static cues' if s > dy else 'the execution state'} more "
+              f"(R^2 static {f3(s)} vs dynamic {f3(dy)}).", ""]
+    L += ["Mean depth by n (CSV): "
+          + ", ".join(f"{x['value']}: {f3(x['mean_depth'])}" for x in r["depth_by_n"]), ""]
+    L += [f"### Accuracy and depth by size (from {r['by_size_source']}"
+          + (f", train sizes {r['train_sizes']}" if r["train_sizes"] else "") + ")", ""]
+    L += table(["n", "OOD", "token acc", "exact match", "mean depth", "samples"],
+               [[x["n"], "yes" if x["ood"] else "", f3(x["token_acc"]), f3(x["exact_match"]),
+                 f3(x["mean_depth"]), x["num"] if x["num"] is not None else "n/a"] for x in r["by_size"]])
+    return L
+
+
+R2_ROWS = [("r2_full", "full (size linear)"), ("r2_static", "static features only"),
+           ("r2_dynamic", "dynamic features only"), ("r2_categorical_n", "size n one-hot"),
+           ("r2_categorical_gain", "gain of one-hot n (non-linear size effect)")]
+
+
+def comparison(runs, labels):
+    """Side by side, one column per CSV (e.g. early versus online)."""
+    rs = [r for _, r in runs]
+    L = ["## Side by side", ""]
+    L += table([""] + labels,
+               [["task"] + [r["task"] for r in rs], ["tokens"] + [r["rows"] for r in rs],
+                ["mean depth"] + [f3(r["mean_depth"]) for r in rs],
+                ["std depth"] + [f3(r["std_depth"]) for r in rs]]
+               + [[f"R^2 {name}"] + [f3(r[key]) for r in rs] for key, name in R2_ROWS])
+    features = list(dict.fromkeys(f for r in rs for f in r["features"]))
+    for key, title in [("importance", "Share of explained variance (LMG)"),
+                       ("spearman", "Spearman rho with depth")]:
+        fmt = pct if key == "importance" else f3
+        L += [f"### {title}", ""]
+        L += table(["feature"] + labels, [[f] + [fmt(r[key].get(f, math.nan)) for r in rs] for f in features])
+    return L
+
+
+def plots(runs, labels, outdir):
+    """Mean depth against each key feature, and exact match / depth against size."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ["Plots skipped: matplotlib is not installed.", ""]
+    outdir.mkdir(parents=True, exist_ok=True)
+    features = list(dict.fromkeys(f for _, r in runs for f in r["depth_by_feature"]))
+    cols = min(3, len(features))
+    rows = -(-len(features) // cols)
+    # a shared depth axis, so that a flat line looks flat next to a steep one
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
+    for ax, f in zip(axes.flat, features):
+        for (_, r), label in zip(runs, labels):
+            if f in r["depth_by_feature"]:
+                xs = r["depth_by_feature"][f]
+                ax.plot([x["value"] for x in xs], [x["mean_depth"] for x in xs], "o-", ms=3, label=label)
+        ax.set(xlabel=f, ylabel="mean depth")
+    for ax in axes.flat[len(features):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "depth_vs_features.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for (_, r), label in zip(runs, labels):
+        n = np.array([x["n"] for x in r["by_size"]], dtype=float)
+        ood = np.array([bool(x["ood"]) for x in r["by_size"]])
+        for ax, key in zip(axes, ["exact_match", "mean_depth"]):
+            v = np.array([math.nan if x[key] is None else x[key] for x in r["by_size"]], dtype=float)
+            color = ax.plot(n, v, "-", label=label)[0].get_color()
+            ax.plot(n[~ood], v[~ood], "o", color=color)
+            ax.plot(n[ood], v[ood], "o", mfc="none", color=color)  # hollow: out of distribution
+            ax.set(xlabel="size n", ylabel=key.replace("_", " "))
+    axes[0].set_title("hollow markers: OOD sizes", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "size.png", dpi=100)
+    plt.close(fig)
+    return ["## Figures", "", "![mean depth against features](depth_vs_features.png)", "",
+            "![exact match and mean depth against size](size.png)", ""]
+
+
+# ----------------------------------------------------------------------------
+# small helpers
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", nargs="+", help="per-token CSV(s) written by evaluate.py; a summary.json "
+                   "beside a CSV supplies the accuracy-by-size table and the OOD marks")
+    p.add_argument("--json", metavar="FILE", help='write every number to FILE: {"files": {path: {...}}}, '
+                   "NaN written as null")
+    p.add_argument("--plots", action="store_true", help="draw PNG figures beside the report, linked from "
+                   "it (needs matplotlib; skipped with a message when it is not installed)")
+    p.add_argument("--out", metavar="FILE", help="the Markdown report (default: report.md beside the first CSV)")
+    return p.parse_args(argv)
+
+
+def make_labels(runs):
+    """'router stem' per CSV; the parent folder too when stems repeat (out/dfs-early/tokens.csv)."""
+    paths = [Path(p) for p, _ in runs]
+    unique = len({p.stem for p in paths}) == len(paths)
+    return [f"{r['router']} {p.stem if unique else p.parent.name + '/' + p.stem}"
+            for p, (_, r) in zip(paths, runs)]
+
+
+def by_value(x, y, correct):
+    """Tokens, mean depth and token accuracy for every distinct value of x."""
+    rows = []
+    for v in np.unique(x):
+        m = x == v
+        acc = float(correct[m].mean()) if correct is not None else math.nan
+        rows.append({"value": number(v), "tokens": int(m.sum()), "mean_depth": float(y[m].mean()),
+                     "token_acc": acc})
+    return rows
+
+
+def rankdata(x):
+    """Ranks 1..n; tied values all get the average of the ranks they span."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.r_[True, xs[1:] != xs[:-1]]  # start of each group of equal values
+    first = np.flatnonzero(new)
+    count = np.diff(np.r_[first, len(x)])
+    ranks = np.empty(len(x))
+    ranks[order] = (first + (count + 1) / 2)[np.cumsum(new) - 1]
+    return ranks
+
+
+def corr(a, b):
+    """Pearson correlation; NaN when either side is constant."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / math.sqrt((a @ a) * (b @ b)))
+
+
+def zscore(X):
+    return (X - X.mean(0)) / X.std(0)
+
+
+def percent(v):
+    """v as percentages of its sum; NaN when the sum is ~0 (nothing to share)."""
+    total = v.sum()
+    return 100 * v / total if total > 1e-9 else np.full(len(v), math.nan)
+
+
+def numeric(path, name, values):
+    out = np.empty(len(values))
+    for i, v in enumerate(values):
+        try:
+            out[i] = float({"True": 1, "False": 0}.get(v.strip(), v))  # is_hub may be written as a bool
+        except ValueError:
+            out[i] = math.nan
+        if not math.isfinite(out[i]):
+            fail(f"{path}: data row {i + 1}, column '{name}': {v!r} is not a finite number")
+    return out
+
+
+def number(v):
+    """An int when the value is integral (depth 3, not 3.0), for labels and JSON keys."""
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def nan_to_none(x):
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [nan_to_none(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def f3(x):
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def pct(x):
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.1f}%"
+
+
+def table(header, rows):
+    return ["| " + " | ".join(map(str, header)) + " |", "|" + " --- |" * len(header)] + \
+           ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
+
+
+def write(path, text):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {path}: {e.strerror or e}")
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

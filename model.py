@@ -1,0 +1,334 @@
+"""
+ANIRA: a causal recurrent Transformer in which every token runs its own depth.
+
+    tokens -> embedding -> prelude (n_prelude blocks) -> h0
+           -> one shared block, iterated: token i runs d_i iterations (1..max_depth)
+           -> final norm -> LM head
+
+Routers decide d_i (arXiv 2602.08864, "Understanding Dynamic Compute
+Allocation in Recurrent Transformers"):
+  none    every token runs max_depth iterations (fixed-depth baseline);
+          with share=False it is a standard Transformer of max_depth blocks.
+  early   ANIRA-E: an MLP reads the shallow representation h0 and gives a
+          distribution over depths before the first iteration.
+  online  ANIRA-O: a halting unit reads the token's state after every
+          iteration and gives the probability of stopping there.
+
+Both adaptive routers are one mechanism that differs only in *when* it
+decides. Each gives, per token, a hazard h_k = P(stop at k | reached k) and so
+a halting distribution over depths
+
+    p(d) = h_d * prod_{k<d} (1 - h_k),     h_max_depth = 1.
+
+ANIRA-E's hazards come from a softmax fixed before the recurrence
+(h_k = p(k) / sum_{j>=k} p(j)); ANIRA-O's from a sigmoid on the state after
+iteration k. One halting rule serves both, in training and in inference:
+
+    a token stops after the first iteration k with h_k > 0.5.
+
+Halted tokens are frozen: their state stops changing, and at every later
+iteration the other tokens attend to that frozen state (no token leaves the
+attention). Causality holds at every depth.
+
+Training objective (see `loss` below). The known failure of halting is a
+collapse to depth 1 (ACT's weighted output and PonderNet's expected loss both
+collapsed on DFS, SPEC appendix): when the task loss flows through the
+halting distribution, the depths the router stops using stop being trained,
+which makes them worse, which makes the router avoid them. So here the two
+are decoupled:
+  1. The language model is trained at every depth ("deep supervision", an
+     exit after every iteration, weighted towards depth), whatever the router
+     says. For this every token also runs a *counterfactual* continuation past
+     its halting depth during training: its own state keeps iterating while
+     every other token still sees it frozen. This is what tells us how much
+     more depth would have bought it.
+  2. Each token's target depth is the one that best trades its loss against
+     compute:  d* = argmin_d  CE_d + ponder * (d - 1),  with CE_d the token's
+     cross-entropy at depth d (detached). The router is trained to put its
+     halting distribution on d*:  L_halt = -log p(d*). Tokens whose loss keeps
+     falling with depth get a deeper target; easy tokens a shallow one.
+The router reads detached representations, so halting never shapes them.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROUTERS = ("none", "early", "online")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 51
+    d_model: int = 128
+    n_heads: int = 4
+    n_prelude: int = 1
+    max_depth: int = 8
+    router: str = "online"   # none | early | online
+    share: bool = True       # False: max_depth unshared blocks (router none only)
+    reinject: bool = False   # add h0 to the state before every iteration
+    halt_threshold: float = 0.5
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor            # (B, T, V) at each token's own depth
+    depth: torch.Tensor             # (B, T) iterations each token ran
+    exit_logits: list = None        # per depth (B, T, V), training only
+    log_p_depth: torch.Tensor = None  # (B, T, D) log halting distribution
+    loss: torch.Tensor = None
+    parts: dict = None              # the loss terms, as floats, for logging
+
+
+class ANIRA(nn.Module):
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.router not in ROUTERS:
+            raise ValueError(f"unknown router {cfg.router!r}; choose one of {', '.join(ROUTERS)}")
+        if not cfg.share and cfg.router != "none":
+            raise ValueError("an unshared stack has no recurrence to halt: use router none")
+        self.cfg = cfg
+        C, D = cfg.d_model, cfg.max_depth
+        self.embed = nn.Embedding(cfg.vocab_size, C)
+        self.prelude = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(cfg.n_prelude))
+        self.core = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(1 if cfg.share else D))
+        self.depth_embed = nn.Parameter(torch.randn(D, C) * 0.02)
+        self.norm = nn.LayerNorm(C)
+        self.head = nn.Linear(C, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied, as in nanoGPT
+        if cfg.router == "early":    # h0 -> logits over depths 1..D
+            self.router = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C), nn.GELU(), nn.Linear(C, D))
+        elif cfg.router == "online":  # state after iteration k -> halting logit
+            self.router = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C), nn.GELU(), nn.Linear(C, 1))
+        self.apply(init_weights)
+        if cfg.router == "online":
+            # start by continuing (sigmoid(-2) = 0.12 < 0.5): no early depth-1 trap
+            nn.init.constant_(self.router[-1].bias, -2.0)
+        # (early: zero logits are uniform over depths, whose hazards 1/(D-k+1)
+        #  pass 0.5 only at the last depth, so it too starts at full depth)
+
+    def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.01, cache=None):
+        """Run the model on token ids idx (B, T).
+
+        targets   (B, T) next-token ids, -1 where there is no loss. Given
+                  targets, the loss is computed and every token runs the
+                  counterfactual continuation to max_depth (training).
+        adaptive  (B, T) bool: tokens whose depth the router decides; the others
+                  (the prompt) run max_depth. Default: targets != -1, else all.
+        route     False runs every token to max_depth (the warm-up phase before
+                  halting is switched on); the router is still trained.
+        cache     a KVCache for incremental decoding (see generate()).
+        """
+        cfg, D = self.cfg, self.cfg.max_depth
+        B, T = idx.shape
+        offset = cache.length if cache is not None else 0
+        rope = rotary(T, offset, cfg.d_model // cfg.n_heads, idx.device)
+        if adaptive is None:
+            adaptive = targets != -1 if targets is not None else torch.ones_like(idx, dtype=torch.bool)
+        adaptive = adaptive & route & (cfg.router != "none")
+        training = targets is not None
+
+        x = self.embed(idx)
+        for i, block in enumerate(self.prelude):
+            x = block(x, x, rope, cache and cache.layer(("prelude", i)))
+        h0 = x
+        state = visible = h0  # own state (may run past halting) / what others attend to
+        active = torch.ones_like(idx, dtype=torch.bool)  # still iterating
+        depth = torch.zeros_like(idx)
+        if cfg.router == "early":  # ANIRA-E: all hazards fixed before the recurrence
+            early_logits = self.router(h0.detach())
+            log_p_depth = F.log_softmax(early_logits, -1)
+            hazards = hazards_from_log_p(log_p_depth)
+        halt_logits, exit_logits = [], []
+        for k in range(D):
+            x = state + self.depth_embed[k] + (h0 if cfg.reinject else 0)
+            # a halted token is seen frozen, as its final state (no depth embedding)
+            attend_to = x if bool(active.all()) else torch.where(active[..., None], x, visible)
+            block = self.core[0 if cfg.share else k]
+            new = block(x, attend_to, rope, cache and cache.layer(("core", k)))
+            depth = depth + active.long()
+            visible = torch.where(active[..., None], new, visible)
+            state = new if training else visible
+            if training and cfg.router != "none":
+                exit_logits.append(self.head(self.norm(state)))
+            if cfg.router == "online":  # ANIRA-O: hazard from the state after iteration k
+                halt_logits.append(self.router(state.detach()).squeeze(-1))
+                hazard = torch.sigmoid(halt_logits[-1])
+            elif cfg.router == "early":
+                hazard = hazards[..., k]
+            if cfg.router != "none":
+                active = active & ~(adaptive & (hazard > cfg.halt_threshold))
+            if not training and not bool(active.any()):
+                if cache is not None:  # later iterations see the frozen states
+                    for j in range(k + 1, D):
+                        block = self.core[0 if cfg.share else j]
+                        block.attend(visible, visible, rope, cache.layer(("core", j)), keys_only=True)
+                break
+        if cache is not None:
+            cache.length += T
+        out = Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exit_logits or None)
+        if training and cfg.router == "online":
+            out.log_p_depth = log_p_from_halt_logits(torch.stack(halt_logits, -1))
+        elif training and cfg.router == "early":
+            out.log_p_depth = log_p_depth
+        if training:
+            out.loss, out.parts = self.loss(out, targets, ponder)
+        return out
+
+    def loss(self, out, targets, ponder):
+        """Deep-supervised LM loss plus the router's loss (see the module docstring).
+
+        none:     cross-entropy at max_depth, as any fixed-depth Transformer.
+        adaptive: sum_d w_d CE_d with w_d proportional to d (the late exits
+                  matter most, as in early-exit training), plus
+                  L_halt = -log p(d*),  d* = argmin_d CE_d + ponder * (d - 1).
+        """
+        mask = targets != -1
+        y = targets[mask]
+        if self.cfg.router == "none":
+            lm = F.cross_entropy(out.logits[mask], y)
+            return lm, {"lm": lm.item()}
+        ce = torch.stack([F.cross_entropy(lg[mask], y, reduction="none") for lg in out.exit_logits], -1)
+        D = ce.shape[-1]
+        w = torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
+        lm = (ce.mean(0) * w).sum() / w.sum()
+        cost = ce.detach() + ponder * torch.arange(D, device=ce.device, dtype=ce.dtype)
+        target_depth = cost.argmin(-1)  # 0-based: d* - 1
+        halt = F.nll_loss(out.log_p_depth[mask], target_depth)
+        parts = {"lm": lm.item(), "halt": halt.item(), "target_depth": target_depth.float().mean().item() + 1}
+        return lm + halt, parts
+
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens, end_id=None):
+        """Greedy decoding with a per-depth key/value cache.
+
+        prompt: (B, P) ids (equal lengths). Returns (tokens (B, N), depths (B, N)):
+        depths[b, t] is the number of iterations run to produce tokens[b, t].
+        The prompt runs at full depth but for its last token, which predicts
+        the first new token. A halted token really skips its remaining
+        iterations: only its keys and values are written to their caches.
+        """
+        self.eval()
+        B, P = prompt.shape
+        cache = KVCache()
+        adaptive = torch.zeros_like(prompt, dtype=torch.bool)
+        adaptive[:, -1] = True
+        out = self(prompt, adaptive=adaptive, cache=cache)
+        tokens, depths = [], []
+        done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+        for _ in range(max_new_tokens):
+            nxt = out.logits[:, -1].argmax(-1)
+            tokens.append(nxt)
+            depths.append(out.depth[:, -1])
+            if end_id is not None:
+                done |= nxt == end_id
+                if bool(done.all()):
+                    break
+            out = self(nxt[:, None], cache=cache)
+        return torch.stack(tokens, 1), torch.stack(depths, 1)
+
+
+def hazards_from_log_p(log_p):
+    """h_k = p(k) / sum_{j>=k} p(j), for a distribution fixed in advance."""
+    tail = torch.logcumsumexp(log_p.flip(-1), -1).flip(-1)
+    return torch.exp(log_p - tail)
+
+
+def log_p_from_halt_logits(a):
+    """log p(d) = log h_d + sum_{k<d} log(1 - h_k), with h_k = sigmoid(a_k) and
+    h_D = 1 (the last depth always stops, whatever a_D says)."""
+    log_continue = F.logsigmoid(-a)
+    before = F.pad(torch.cumsum(log_continue, -1)[..., :-1], (1, 0))
+    log_halt = F.pad(F.logsigmoid(a[..., :-1]), (0, 1))  # log h_D = 0
+    return log_halt + before
+
+
+# -----------------------------------------------------------------------------
+# the Transformer block, with attention to a possibly different (frozen) stream
+
+class Block(nn.Module):
+    """Pre-norm block. Queries come from x; keys and values from `attend_to`,
+    which equals x except at halted tokens, where it is their frozen state."""
+
+    def __init__(self, C, n_heads):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.q = nn.Linear(C, C)
+        self.kv = nn.Linear(C, 2 * C)
+        self.proj = nn.Linear(C, C)
+        self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C))
+        self.proj.residual = self.mlp[-1].residual = True
+
+    def forward(self, x, attend_to, rope, cache=None):
+        x = x + self.attend(x, attend_to, rope, cache)
+        return x + self.mlp(self.ln2(x))
+
+    def attend(self, x, attend_to, rope, cache=None, keys_only=False):
+        B, T, C = x.shape
+        H = self.n_heads
+        k, v = self.kv(self.ln1(attend_to)).view(B, T, 2, H, C // H).permute(2, 0, 3, 1, 4)
+        k = apply_rotary(k, rope)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if keys_only:
+            return None
+        q = apply_rotary(self.q(self.ln1(x)).view(B, T, H, C // H).transpose(1, 2), rope)
+        S = k.shape[2]  # keys: the S - T cached positions, then these T
+        if S == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            mask = torch.arange(S, device=x.device)[None, :] <= torch.arange(S - T, S, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class KVCache:
+    """Keys and values per layer: ("prelude", i) or ("core", iteration k)."""
+
+    def __init__(self):
+        self.store, self.length = {}, 0
+
+    def layer(self, name):
+        return _LayerCache(self.store, name)
+
+
+class _LayerCache:
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+
+    def append(self, k, v):
+        if self.name in self.store:
+            k0, v0 = self.store[self.name]
+            k, v = torch.cat([k0, k], 2), torch.cat([v0, v], 2)
+        self.store[self.name] = (k, v)
+        return k, v
+
+
+def rotary(T, offset, head_dim, device):
+    """Rotary position embedding (RoPE) angles for positions offset..offset+T-1.
+    Relative positions let test sequences be longer than training ones."""
+    half = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(half, device=device) / half))
+    angles = torch.arange(offset, offset + T, device=device)[:, None] * freqs
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, rope):
+    cos, sin = rope
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+def init_weights(m):
+    if isinstance(m, nn.Linear):
+        std = 0.02 / math.sqrt(2) if getattr(m, "residual", False) else 0.02
+        nn.init.normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)

@@ -1,0 +1,292 @@
+"""
+Train ANIRA on one task, nanoGPT style: one readable loop, fresh examples
+every step, periodic evaluation on a fixed held-out set.
+
+    python train.py --task dfs --router online      # the main job
+    python train.py --task dfs --router early
+    python train.py --task dfs --router none        # fixed-depth baseline
+
+Writes to --out (default out/<task>-<router>/): ckpt.pt (model, optimizer,
+config, step, RNG state), log.jsonl (one JSON object per evaluation),
+config.json. Ctrl-C saves a checkpoint; --resume continues the same run.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+import tasks
+from model import ANIRA, ROUTERS, ModelConfig
+
+# -----------------------------------------------------------------------------
+# defaults: a small model that learns dfs on a 2-core CPU in about 12 minutes
+DEFAULTS = dict(
+    task="dfs", router="online", sizes="4-8",
+    d_model=128, n_heads=4, n_prelude=1, max_depth=8, no_share=False, reinject=False,
+    ponder=0.01, halt_warmup=500,
+    batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
+    max_iters=3000, max_minutes=14.0, eval_every=250, eval_num=256,
+    seed=0, device="auto", out=None, resume=False,
+)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    out_dir = args.out or os.path.join("out", f"{args.task}-{args.router}")
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    cfg = ModelConfig(vocab_size=len(tasks.VOCAB), d_model=args.d_model, n_heads=args.n_heads,
+                      n_prelude=args.n_prelude, max_depth=args.max_depth, router=args.router,
+                      share=not args.no_share, reinject=args.reinject)
+    model = ANIRA(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  betas=(0.9, 0.95))
+    rng = random.Random(args.seed)        # training examples
+    eval_rng = random.Random(args.seed + 10_000)  # held-out examples, never trained on
+    step, elapsed = 0, 0.0
+    if args.resume:
+        ckpt = load_checkpoint(ckpt_path, args)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed = ckpt["step"], ckpt["elapsed"]
+        rng.setstate(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+    held_out = tasks.sample_examples(args.task, eval_rng, args.size_range, args.eval_num)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.task} / router {args.router}: {n_params / 1e3:.0f}k parameters on {device}, "
+          f"sizes {args.sizes}, {args.max_iters} steps or {args.max_minutes:g} minutes")
+
+    def save():
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "config": vars(args), "model_config": vars(cfg), "step": step,
+                 "elapsed": elapsed, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+        tmp = ckpt_path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)  # atomic: a crash never leaves half a checkpoint
+
+    log = open(os.path.join(out_dir, "log.jsonl"), "a")
+    t0 = t_mark = time.time() - elapsed
+    tokens_seen = 0
+    try:
+        while step < args.max_iters and elapsed < args.max_minutes * 60:
+            if step % args.eval_every == 0:
+                stats = evaluate(model, held_out, args, device, route=step >= args.halt_warmup)
+                stats.update(step=step, minutes=round(elapsed / 60, 2),
+                             tokens_per_s=round(tokens_seen / max(1e-9, time.time() - t_mark))
+                             if step else None)
+                report(stats, args, elapsed)
+                log.write(json.dumps(stats) + "\n")
+                log.flush()
+                save()
+                t_mark, tokens_seen = time.time(), 0
+            lr = learning_rate(step, elapsed, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = tasks.sample_examples(args.task, rng, args.size_range, args.batch_size)
+            idx, targets = (torch.from_numpy(a).to(device) for a in tasks.make_batch(batch)[:2])
+            with autocast(device):
+                out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder)
+            if not torch.isfinite(out.loss):
+                print(f"error: loss is {out.loss.item()} at step {step}; stopping. "
+                      f"The last good checkpoint is {ckpt_path}", file=sys.stderr)
+                sys.exit(1)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            step += 1
+            tokens_seen += idx.numel()
+            elapsed = time.time() - t0
+        stats = evaluate(model, held_out, args, device, route=step >= args.halt_warmup)
+        stats.update(step=step, minutes=round(elapsed / 60, 2))
+        report(stats, args, elapsed)
+        log.write(json.dumps(stats) + "\n")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {step}: saving {ckpt_path}")
+    save()
+    log.close()
+    print(f"saved {ckpt_path}")
+
+
+# -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, examples, args, device, route=True):
+    """Teacher-forced loss and token accuracy, greedy exact-match and depth.
+
+    Greedy exact-match equals "every teacher-forced prediction is right": if
+    all are, greedy decoding reproduces the target token by token; if one is
+    wrong, greedy decoding goes wrong there (model.generate uses the same
+    forward with a cache, and a test checks that the two agree).
+    """
+    model.eval()
+    correct, depth, backtrack, exact, losses = [], [], [], [], []
+    for i in range(0, len(examples), 128):
+        chunk = examples[i:i + 128]
+        idx, targets, feats = tasks.make_batch(chunk)
+        idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
+        out = model(idx_t, adaptive=targets_t != -1) if route else \
+            model(idx_t, adaptive=torch.zeros_like(targets_t, dtype=torch.bool))
+        mask = targets_t != -1
+        losses.append(torch.nn.functional.cross_entropy(out.logits[mask].float(), targets_t[mask]).item())
+        ok = (out.logits.argmax(-1) == targets_t) | ~mask
+        exact += ok.all(1).tolist()
+        correct.append(ok[mask].cpu().numpy())
+        depth.append(out.depth[mask].cpu().numpy())
+        if "backtrack" in feats:
+            backtrack.append(feats["backtrack"][targets != -1])
+    model.train()
+    depth, correct = np.concatenate(depth), np.concatenate(correct)
+    stats = {"loss": round(float(np.mean(losses)), 4), "token_acc": round(float(correct.mean()), 4),
+             "exact_match": round(float(np.mean(exact)), 4), "mean_depth": round(float(depth.mean()), 3),
+             "std_depth": round(float(depth.std()), 3), "distinct_depths": int(len(np.unique(depth)))}
+    if backtrack:  # dfs: do backtracking tokens get more compute?
+        bt = np.concatenate(backtrack)
+        for name, sel in (("depth_backtrack0", bt == 0), ("depth_backtrack1+", bt > 0)):
+            stats[name] = round(float(depth[sel].mean()), 3) if sel.any() else None
+    return stats
+
+
+def report(stats, args, elapsed):
+    left = remaining_seconds(stats["step"], elapsed, args)
+    extra = f" | {stats['tokens_per_s']} tok/s" if stats.get("tokens_per_s") else ""
+    bt = (f" (backtrack 0: {stats['depth_backtrack0']}, 1+: {stats['depth_backtrack1+']})"
+          if "depth_backtrack0" in stats else "")
+    print(f"step {stats['step']:5d} | loss {stats['loss']:.3f} | token acc {stats['token_acc']:.3f} | "
+          f"exact {stats['exact_match']:.3f} | depth {stats['mean_depth']:.2f} +- {stats['std_depth']:.2f}"
+          f"{bt}{extra} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left", flush=True)
+
+
+def learning_rate(step, elapsed, args):
+    """Linear warmup, then cosine decay to min_lr over the run. The run ends at
+    max_iters or max_minutes, whichever comes first; the decay follows the
+    one that is further along, so a time-limited run still ends at min_lr."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, max(step / args.max_iters, elapsed / (args.max_minutes * 60)))
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def remaining_seconds(step, elapsed, args):
+    if step == 0:
+        return args.max_minutes * 60
+    by_steps = elapsed / step * (args.max_iters - step)
+    return max(0.0, min(by_steps, args.max_minutes * 60 - elapsed))
+
+
+def autocast(device):
+    """bf16 autocast on a GPU; plain float32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {name}: no CUDA device is available")
+    return torch.device(name)
+
+
+def load_checkpoint(path, args=None):
+    """Load a checkpoint written by train.py, or exit with one clear line."""
+    if not os.path.isfile(path):
+        fail(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        fail(f"{path} is not a readable checkpoint ({type(e).__name__})")
+    if not isinstance(ckpt, dict) or not {"model", "model_config", "config", "step"} <= ckpt.keys():
+        fail(f"{path} is not a checkpoint written by train.py")
+    if args is not None:
+        for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share"):
+            if ckpt["config"].get(key) != getattr(args, key):
+                fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key)!r}, "
+                     f"this run asks for {getattr(args, key)!r}")
+    return ckpt
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_size_range(text, task):
+    """'4-8' -> (4, 8), checked against what the task and vocabulary allow."""
+    try:
+        lo, hi = (int(x) for x in text.split("-")) if "-" in text else (int(text),) * 2
+    except ValueError:
+        fail(f"--sizes {text!r}: expected a range like 4-8")
+    if lo > hi:
+        fail(f"--sizes {text!r}: the range is empty")
+    for n in (lo, hi):
+        try:
+            tasks.check_size(task, n)
+        except ValueError as e:
+            fail(f"--sizes {text}: {e}")
+    return lo, hi
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--task", default=d["task"], help=f"one of {', '.join(tasks.TASKS)}")
+    p.add_argument("--router", default=d["router"],
+                   help="none (fixed depth), early (ANIRA-E) or online (ANIRA-O)")
+    p.add_argument("--sizes", default=d["sizes"], help="training size range, e.g. 4-8")
+    p.add_argument("--d-model", type=int, default=d["d_model"])
+    p.add_argument("--n-heads", type=int, default=d["n_heads"])
+    p.add_argument("--n-prelude", type=int, default=d["n_prelude"], help="blocks before the recurrence")
+    p.add_argument("--max-depth", type=int, default=d["max_depth"], help="most iterations of the shared block")
+    p.add_argument("--no-share", action="store_true",
+                   help="standard Transformer: max_depth unshared blocks (router none)")
+    p.add_argument("--reinject", action="store_true", help="add the prelude output h0 before every iteration")
+    p.add_argument("--ponder", type=float, default=d["ponder"],
+                   help="compute cost in nats per iteration: a token's target depth is "
+                        "argmin_d CE_d + ponder * (d - 1)")
+    p.add_argument("--halt-warmup", type=int, default=d["halt_warmup"],
+                   help="steps at full depth before halting is switched on")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--min-lr", type=float, default=d["min_lr"])
+    p.add_argument("--warmup", type=int, default=d["warmup"], help="learning-rate warmup steps")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    p.add_argument("--grad-clip", type=float, default=d["grad_clip"])
+    p.add_argument("--max-iters", type=int, default=d["max_iters"])
+    p.add_argument("--max-minutes", type=float, default=d["max_minutes"],
+                   help="wall-clock budget; training stops at max-iters or here")
+    p.add_argument("--eval-every", type=int, default=d["eval_every"])
+    p.add_argument("--eval-num", type=int, default=d["eval_num"], help="held-out examples")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--device", default=d["device"], help="auto, cpu or cuda")
+    p.add_argument("--out", default=d["out"], help="output folder (default out/<task>-<router>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    args = p.parse_args(argv)
+    if args.task not in tasks.TASKS:
+        fail(f"unknown task {args.task!r}; choose one of {', '.join(tasks.TASKS)}")
+    if args.router not in ROUTERS:
+        fail(f"unknown router {args.router!r}; choose one of {', '.join(ROUTERS)}")
+    if args.no_share and args.router != "none":
+        fail("--no-share has no recurrence to halt: use it with --router none")
+    for name in ("d_model", "n_heads", "max_depth", "batch_size", "max_iters", "eval_every", "eval_num"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
+        fail("--d-model must be a multiple of --n-heads with an even head size")
+    args.size_range = parse_size_range(args.sizes, args.task)
+    return args
+
+
+if __name__ == "__main__":
+    main()
