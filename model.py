@@ -219,14 +219,14 @@ class ANIRA(nn.Module):
         out = self(prompt, adaptive=adaptive, cache=cache)
         tokens, depths = [], []
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-        for _ in range(max_new_tokens):
+        while True:
             nxt = out.logits[:, -1].argmax(-1)
             tokens.append(nxt)
             depths.append(out.depth[:, -1])
             if end_id is not None:
                 done |= nxt == end_id
-                if bool(done.all()):
-                    break
+            if len(tokens) == max_new_tokens or bool(done.all()):
+                break
             out = self(nxt[:, None], cache=cache)
         return torch.stack(tokens, 1), torch.stack(depths, 1)
 

@@ -14,7 +14,7 @@ Three tasks, each with explicit difficulty parameters:
         prompt:  3 : 5 9 ; 9 : 3 ; 5 : 3 ; start 3 <sep>
         target:  3 5 9 <end>
   topo  lexicographically smallest topological order of a DAG (Kahn + min-heap).
-        prompt:  4 > 7 ; 2 > 7 ; <sep>          target: 2 4 7 <end>
+        prompt:  7 2 4 ; 4 > 7 ; 2 > 7 ; <sep>    target: 2 4 7 <end>
   lang  variable bindings, then queries resolved through chains of `hops`.
         prompt:  3 = C ; 8 = 3 ; 5 = A ; <sep>  target: 8 -> C ; 5 -> A ; <end>
 
@@ -78,11 +78,20 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
     """
     distractors = n // 2 if distractors is None else distractors
     check_size(task, n, distractors)
+    if not 0 <= density <= 8:
+        raise ValueError(f"density {density} is outside 0..8")
+    if hops < 1 or distractors < 0:
+        raise ValueError("lang needs hops >= 1 and distractors >= 0")
     if task == "dfs":
         return dfs_example(rng, n, family, density)
     if task == "topo":
         return topo_example(rng, n, family, density)
     return lang_example(rng, n, hops, distractors)
+
+
+def max_size(task):
+    """The largest size the vocabulary can label (lang also needs n // 2 distractors)."""
+    return N_LABELS if task != "lang" else (2 * N_LABELS) // 3
 
 
 def check_size(task, n, distractors=None):

@@ -76,11 +76,13 @@ def main(argv=None):
 
     log = open(os.path.join(out_dir, "log.jsonl"), "a")
     t0 = t_mark = time.time() - elapsed
+    first_step = step
     tokens_seen = 0
     try:
         while step < args.max_iters and elapsed < args.max_minutes * 60:
-            if step % args.eval_every == 0:
+            if step % args.eval_every == 0 and not (args.resume and step == first_step):
                 stats = evaluate(model, held_out, args, device, route=step >= args.halt_warmup)
+                check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
                 stats.update(step=step, minutes=round(elapsed / 60, 2),
                              tokens_per_s=round(tokens_seen / max(1e-9, time.time() - t_mark))
                              if step else None)
@@ -96,10 +98,7 @@ def main(argv=None):
             idx, targets = (torch.from_numpy(a).to(device) for a in tasks.make_batch(batch)[:2])
             with autocast(device):
                 out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder)
-            if not torch.isfinite(out.loss):
-                print(f"error: loss is {out.loss.item()} at step {step}; stopping. "
-                      f"The last good checkpoint is {ckpt_path}", file=sys.stderr)
-                sys.exit(1)
+            check_finite(out.loss.item(), step, ckpt_path)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -108,6 +107,7 @@ def main(argv=None):
             tokens_seen += idx.numel()
             elapsed = time.time() - t0
         stats = evaluate(model, held_out, args, device, route=step >= args.halt_warmup)
+        check_finite(stats["loss"], step, ckpt_path)
         stats.update(step=step, minutes=round(elapsed / 60, 2))
         report(stats, args, elapsed)
         log.write(json.dumps(stats) + "\n")
@@ -155,6 +155,15 @@ def evaluate(model, examples, args, device, route=True):
         for name, sel in (("depth_backtrack0", bt == 0), ("depth_backtrack1+", bt > 0)):
             stats[name] = round(float(depth[sel].mean()), 3) if sel.any() else None
     return stats
+
+
+def check_finite(loss, step, ckpt_path):
+    """A non-finite loss stops the run before anything is saved, so the
+    checkpoint on disk stays the last good one."""
+    if not math.isfinite(loss):
+        print(f"error: loss is {loss} at step {step}; stopping. "
+              f"The last good checkpoint is {ckpt_path}", file=sys.stderr)
+        sys.exit(1)
 
 
 def report(stats, args, elapsed):

@@ -1,0 +1,141 @@
+"""
+Evaluate a trained checkpoint by input size, in and out of distribution, and
+record the depth every target token really ran.
+
+    python evaluate.py --ckpt out/dfs-online/ckpt.pt --sizes 4-16 --num 200
+    python evaluate.py --ckpt out/dfs-online/ckpt.pt --show 3   # see where it thinks harder
+
+For every size: teacher-forced token accuracy, greedy exact-match (the whole
+target right) and mean depth; sizes outside the training range are marked OOD.
+Writes, beside the checkpoint unless --out says otherwise:
+  tokens.csv    one row per target token:
+                task,router,sample,n,pos,target,pred,correct,depth,<task features>
+  summary.json  the per-size table
+Examples come from a seed distinct from training and from train.py's held-out set.
+"""
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+import tasks
+from model import ANIRA, ModelConfig
+from train import fail, load_checkpoint, parse_size_range, pick_device
+
+EVAL_SEED = 20_000  # train.py draws from seed and seed + 10_000
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.ckpt)
+    model = ANIRA(ModelConfig(**ckpt["model_config"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    config = ckpt["config"]
+    task, router, train_sizes = config["task"], config["router"], tuple(config["size_range"])
+    default_hi = min(2 * train_sizes[1], tasks.max_size(task))
+    sizes = parse_size_range(args.sizes or f"{train_sizes[0]}-{default_hi}", task)
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt))
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"{task} / router {router}, trained on sizes {train_sizes[0]}-{train_sizes[1]}, "
+          f"step {ckpt['step']}; {args.num} examples per size")
+
+    if args.show:
+        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device)
+
+    header = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth"]
+    features = tasks.FEATURES[task]
+    summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
+               "ckpt": args.ckpt, "step": ckpt["step"], "sizes": []}
+    print(f"\n{'n':>4} {'':4} {'token acc':>9} {'exact':>7} {'mean depth':>10}")
+    sample = 0
+    with open(os.path.join(out_dir, "tokens.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header + features)
+        for n in range(sizes[0], sizes[1] + 1):
+            rng = random.Random(args.seed * 1000 + n)
+            examples = [tasks.make_example(task, rng, n) for _ in range(args.num)]
+            correct, depth, exact = [], [], []
+            for rows in token_rows(model, examples, args.batch_size, device):
+                for pos, (target, pred, ok, d, feats) in enumerate(rows):
+                    writer.writerow([task, router, sample, n, pos, target, pred, int(ok), d]
+                                    + [feats[k] for k in features])
+                    correct.append(ok)
+                    depth.append(d)
+                exact.append(all(r[2] for r in rows))
+                sample += 1
+            ood = not train_sizes[0] <= n <= train_sizes[1]
+            row = {"n": n, "ood": ood, "token_acc": round(float(np.mean(correct)), 4),
+                   "exact_match": round(float(np.mean(exact)), 4),
+                   "mean_depth": round(float(np.mean(depth)), 3), "num": len(examples)}
+            summary["sizes"].append(row)
+            print(f"{n:>4} {'OOD' if ood else '':4} {row['token_acc']:>9.3f} "
+                  f"{row['exact_match']:>7.3f} {row['mean_depth']:>10.2f}", flush=True)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"\nwrote {os.path.join(out_dir, 'tokens.csv')} and summary.json")
+
+
+@torch.no_grad()
+def token_rows(model, examples, batch_size, device):
+    """Yield, per example, a list of (target, pred, correct, depth, features)
+    for its target tokens. Teacher-forced: since every prediction is the
+    argmax of the same forward that greedy decoding runs, an example is an
+    exact match under greedy decoding iff all its rows are correct."""
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        idx, targets, _ = tasks.make_batch(chunk)
+        idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
+        out = model(idx_t, adaptive=targets_t != -1)
+        pred, depth = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
+        for b, ex in enumerate(chunk):
+            where = np.flatnonzero(targets[b] != -1)
+            yield [(ex.target[j], tasks.VOCAB[pred[b, p]], ex.target[j] == tasks.VOCAB[pred[b, p]],
+                    int(depth[b, p]), ex.features[j]) for j, p in enumerate(where)]
+
+
+def show_examples(model, task, rng, sizes, k, device):
+    """Greedy generation with the cache; every token printed with its depth."""
+    colour = sys.stdout.isatty()
+    for _ in range(k):
+        ex = tasks.make_example(task, rng, rng.randint(*sizes))
+        prompt = torch.tensor([tasks.encode(ex.prompt)], device=device)
+        tokens, depths = model.generate(prompt, len(ex.target) + 2, end_id=tasks.END)
+        print(f"\nn={ex.n}  prompt: {' '.join(ex.prompt)}")
+        shown = []
+        for j, (t, d) in enumerate(zip(tasks.decode(tokens[0].tolist()), depths[0].tolist())):
+            ok = j < len(ex.target) and ex.target[j] == t
+            text = f"{t}:{d}" if ok else f"{t}:{d}(!={ex.target[j] if j < len(ex.target) else '-'})"
+            if colour:  # darker background = more iterations
+                text = f"\x1b[48;5;{232 + min(23, 3 * d)}m{text}\x1b[0m"
+            shown.append(text)
+        print("output (token:depth): " + " ".join(shown))
+        print("target:               " + " ".join(ex.target))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    p.add_argument("--sizes", default=None,
+                   help="size range, e.g. 4-16 (default: training minimum to twice its maximum, "
+                        "as far as the vocabulary can label)")
+    p.add_argument("--num", type=int, default=200, help="examples per size")
+    p.add_argument("--seed", type=int, default=EVAL_SEED)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--show", type=int, default=0, help="print K generated examples with depths")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="folder for tokens.csv and summary.json")
+    args = p.parse_args(argv)
+    if args.num < 1 or args.batch_size < 1 or args.show < 0:
+        fail("--num and --batch-size must be at least 1, --show at least 0")
+    return args
+
+
+if __name__ == "__main__":
+    main()

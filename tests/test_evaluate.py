@@ -1,0 +1,210 @@
+"""Tests for evaluate.py: the per-token CSV and the per-size summary agree
+with the examples, with each other and with the model; --show prints depths;
+bad input gets one error line.
+
+Tiny checkpoints are trained through the command line (10 steps), for dfs and
+for lang, then evaluated on sizes 4-6 (6 is out of the training range 4-5).
+"""
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import tasks
+from model import ANIRA, ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TINY = ["--d-model", "32", "--n-heads", "2", "--max-depth", "3", "--batch-size", "8",
+        "--eval-num", "16", "--eval-every", "5", "--sizes", "4-5", "--max-minutes", "1000"]
+HEADER = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth"]
+TASKS = [("dfs", "online"), ("lang", "early")]
+NUM = 3
+
+
+def start(script, *args):
+    return subprocess.Popen([sys.executable, script, *args], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_all(commands, timeout=180):
+    procs = [start(*c) for c in commands]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+
+
+def assert_ok(res):
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """{task: (ckpt path, eval folder, evaluate.py's result)} for dfs and lang."""
+    root = tmp_path_factory.mktemp("eval")
+    trained = run_all([("train.py", *TINY, "--task", task, "--router", router, "--halt-warmup", "4",
+                        "--max-iters", "10", "--out", str(root / task)) for task, router in TASKS])
+    for res in trained:
+        assert_ok(res)
+    runs = run_all([("evaluate.py", "--ckpt", str(root / task / "ckpt.pt"), "--sizes", "4-6",
+                     "--num", str(NUM), "--out", str(root / f"{task}-eval"), "--show", "1")
+                    for task, _ in TASKS])
+    for res in runs:
+        assert_ok(res)
+    return {task: (root / task / "ckpt.pt", root / f"{task}-eval", res)
+            for (task, _), res in zip(TASKS, runs)}
+
+
+def regenerate(task, n, seed=evaluate.EVAL_SEED, num=NUM):
+    """The examples evaluate.py draws for size n (its documented seeding)."""
+    rng = random.Random(seed * 1000 + n)
+    return [tasks.make_example(task, rng, n) for _ in range(num)]
+
+
+@pytest.mark.parametrize("task,router", TASKS)
+def test_tokens_csv_and_summary(evaluated, task, router):
+    torch.manual_seed(0)
+    ckpt_path, out_dir, _ = evaluated[task]
+    assert sorted(os.listdir(out_dir)) == ["summary.json", "tokens.csv"]
+    with open(out_dir / "tokens.csv", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [dict(zip(header, r)) for r in reader]
+    assert header == HEADER + tasks.FEATURES[task]
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    D = ckpt["model_config"]["max_depth"]
+    m = ANIRA(ModelConfig(**ckpt["model_config"]))
+    m.load_state_dict(ckpt["model"])
+    m.eval()
+
+    by_sample = defaultdict(list)
+    for r in rows:
+        assert r["task"] == task and r["router"] == router
+        assert 1 <= int(r["depth"]) <= D
+        assert r["correct"] in ("0", "1")
+        assert (r["correct"] == "1") == (r["target"] == r["pred"])
+        assert r["pred"] in tasks.STOI
+        by_sample[int(r["sample"])].append(r)
+
+    # one row per target token, in order, with the task's own features
+    samples = sorted(by_sample)
+    assert samples == list(range(3 * NUM))
+    expected_rows = 0
+    for i, n in enumerate((4, 5, 6)):
+        examples = regenerate(task, n)
+        idx, targets, _ = tasks.make_batch(examples)
+        with torch.no_grad():
+            out = m(torch.from_numpy(idx), adaptive=torch.from_numpy(targets) != -1)
+        for j, ex in enumerate(examples):
+            sample_rows = by_sample[i * NUM + j]
+            expected_rows += len(ex.target)
+            assert [r["target"] for r in sample_rows] == ex.target
+            assert [int(r["pos"]) for r in sample_rows] == list(range(len(ex.target)))
+            assert all(int(r["n"]) == n for r in sample_rows)
+            where = np.flatnonzero(targets[j] != -1)
+            assert [r["pred"] for r in sample_rows] == \
+                tasks.decode(out.logits[j, where].argmax(-1).tolist())
+            assert [int(r["depth"]) for r in sample_rows] == out.depth[j, where].tolist()
+            for r, feats in zip(sample_rows, ex.features):
+                for name in tasks.FEATURES[task]:
+                    assert float(r[name]) == pytest.approx(float(feats[name])), (name, r)
+    assert len(rows) == expected_rows
+
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["task"] == task and summary["router"] == router
+    sizes = summary["sizes"]
+    assert [s["n"] for s in sizes] == [4, 5, 6]
+    assert [s["ood"] for s in sizes] == [False, False, True]
+    for s in sizes:
+        assert {"n", "ood", "token_acc", "exact_match", "mean_depth", "num"} <= s.keys()
+        assert s["num"] == NUM
+        size_rows = [r for r in rows if int(r["n"]) == s["n"]]
+        ids = sorted({int(r["sample"]) for r in size_rows})
+        assert len(ids) == NUM
+        exact = np.mean([all(r["correct"] == "1" for r in by_sample[k]) for k in ids])
+        assert s["exact_match"] == pytest.approx(exact, abs=1e-4)
+        assert s["token_acc"] == pytest.approx(np.mean([r["correct"] == "1" for r in size_rows]), abs=1e-4)
+        assert s["mean_depth"] == pytest.approx(np.mean([int(r["depth"]) for r in size_rows]), abs=1e-3)
+        assert 1 <= s["mean_depth"] <= D
+
+
+@pytest.mark.parametrize("task", [t for t, _ in TASKS])
+def test_show_prints_token_depth_pairs(evaluated, task):
+    torch.manual_seed(0)
+    ckpt_path, _, res = evaluated[task]
+    D = torch.load(ckpt_path, map_location="cpu", weights_only=False)["model_config"]["max_depth"]
+    lines = [line for line in res.stdout.splitlines() if line.startswith("output (token:depth):")]
+    assert len(lines) == 1, res.stdout
+    pairs = lines[0].split(":", 2)[2].split()
+    assert pairs
+    for pair in pairs:
+        pair = pair.split("(!=")[0]
+        token, depth = pair.rsplit(":", 1)
+        assert token in tasks.STOI, pair
+        assert 1 <= int(depth) <= D, pair
+
+
+def assert_one_error_line(code, err):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+
+
+def test_errors_through_the_command_line(evaluated, tmp_path):
+    torch.manual_seed(0)
+    out = str(tmp_path / "out")
+    results = run_all([
+        ("evaluate.py", "--ckpt", str(tmp_path / "missing.pt"), "--out", out),
+        ("evaluate.py", "--ckpt", str(evaluated["dfs"][0]), "--sizes", "4-40", "--num", "1", "--out", out),
+    ])
+    for res in results:
+        assert_one_error_line(res.returncode, res.stderr)
+    assert not os.path.exists(out)
+
+
+def test_errors_in_process(evaluated, tmp_path, capsys):
+    torch.manual_seed(0)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2), "step": 3}, foreign)
+    truncated = tmp_path / "truncated.pt"
+    data = evaluated["dfs"][0].read_bytes()
+    truncated.write_bytes(data[:len(data) // 3])
+    out = str(tmp_path / "out")
+    for args in (["--ckpt", str(foreign)],
+                 ["--ckpt", str(truncated)],
+                 ["--ckpt", str(tmp_path)],  # a folder
+                 ["--ckpt", str(evaluated["lang"][0]), "--sizes", "20-22", "--num", "1"],  # lang 22 needs 33 labels
+                 ["--ckpt", str(evaluated["dfs"][0]), "--sizes", "1-3"],
+                 ["--ckpt", str(evaluated["dfs"][0]), "--sizes", "six"],
+                 ["--ckpt", str(evaluated["dfs"][0]), "--num", "0"]):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main([*args, "--out", out])
+        assert_one_error_line(e.value.code, capsys.readouterr().err)
+    assert not os.path.exists(out)
+
+
+def test_same_rows_with_other_batching(evaluated, tmp_path, capsys):
+    """Padding and batch composition change nothing: batch size 2 (different
+    padding per batch) writes the same CSV, and the same summary numbers."""
+    torch.manual_seed(0)
+    ckpt_path, out_dir, _ = evaluated["dfs"]
+    evaluate.main(["--ckpt", str(ckpt_path), "--sizes", "4-6", "--num", str(NUM),
+                   "--batch-size", "2", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert (tmp_path / "tokens.csv").read_text() == (out_dir / "tokens.csv").read_text()
+    a = json.loads((tmp_path / "summary.json").read_text())["sizes"]
+    b = json.loads((out_dir / "summary.json").read_text())["sizes"]
+    assert a == b

@@ -1,0 +1,524 @@
+"""Tests for model.py: causality, frozen halted tokens, depth bounds, cached
+generation against the uncached forward, the halting-distribution math, the
+collapse guard of the training objective, and a tiny overfitting run.
+
+Models are tiny (d_model 32, 2 heads, depth 3-4). Most tests randomize the
+weights with a large spread (`perturb`) so that the outputs vary from token
+to token and the routers really halt at different depths: with the default
+initialisation every token would run the same depth and predict the same
+token, and most of these properties would hold trivially.
+"""
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model as model_module
+import tasks
+from model import ANIRA, KVCache, ModelConfig, hazards_from_log_p, log_p_from_halt_logits
+
+V = len(tasks.VOCAB)
+CONFIGS = [  # (router, share, reinject)
+    ("none", True, False),
+    ("early", True, False),
+    ("online", True, False),
+    ("online", True, True),
+    ("none", False, False),
+]
+CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared"]
+
+
+def make(router="online", share=True, reinject=False, D=4, seed=0):
+    torch.manual_seed(seed)
+    return ANIRA(ModelConfig(vocab_size=V, d_model=32, n_heads=2, max_depth=D, router=router,
+                             share=share, reinject=reinject))
+
+
+def randomize_router(m, std=1.0):
+    """Router weights with std 1: halting logits far from 0, depths that vary."""
+    for mod in m.router.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, std=std)
+            nn.init.normal_(mod.bias, std=std)
+
+
+def perturb(m, std=0.4, router_std=1.0):
+    """Random weights with a large spread, so that logits and depths vary."""
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.Linear):
+                nn.init.normal_(mod.weight, std=std)
+                if mod.bias is not None:
+                    nn.init.normal_(mod.bias, std=std)
+            elif isinstance(mod, nn.Embedding):
+                nn.init.normal_(mod.weight, std=1.0)
+        nn.init.normal_(m.depth_embed, std=0.5)
+    if m.cfg.router != "none":
+        randomize_router(m, router_std)
+    return m
+
+
+def dfs_batch(seed, num=4, sizes=(4, 5)):
+    exs = tasks.sample_examples("dfs", random.Random(seed), sizes, num)
+    idx, targets, _ = tasks.make_batch(exs)
+    return exs, torch.from_numpy(idx), torch.from_numpy(targets)
+
+
+def non_router_params(m):
+    return [(n, p) for n, p in m.named_parameters() if not n.startswith("router.")]
+
+
+# -----------------------------------------------------------------------------
+# causality
+
+@pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
+def test_causality_eval_and_training(router, share, reinject):
+    torch.manual_seed(1)
+    m = perturb(make(router, share, reinject, D=4, seed=1))
+    B, T, t = 3, 16, 9
+    idx = torch.randint(0, V, (B, T))
+    idx2 = idx.clone()
+    idx2[:, t] = (idx[:, t] + torch.randint(1, V, (B,))) % V
+    assert (idx2[:, t] != idx[:, t]).all()
+    allc = torch.ones(B, T, dtype=torch.bool)
+
+    m.eval()
+    with torch.no_grad():
+        a, b = m(idx, adaptive=allc), m(idx2, adaptive=allc)
+    assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=1e-5, rtol=0)
+    assert torch.equal(a.depth[:, :t], b.depth[:, :t])
+    # the change is visible from position t on (the test perturbs something real)
+    assert not torch.allclose(a.logits[:, t], b.logits[:, t], atol=1e-3)
+    if router != "none":
+        assert len(torch.unique(a.depth)) >= 2, "the routers should halt at different depths here"
+
+    # training forward: every exit, the halting distribution and the own-depth logits
+    m.train()
+    targets = torch.randint(0, V, (B, T))
+    targets[:, :4] = -1  # a prompt with no loss: non-adaptive tokens
+    with torch.no_grad():
+        a, b = m(idx, targets), m(idx2, targets)
+    assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=1e-5, rtol=0)
+    assert torch.equal(a.depth[:, :t], b.depth[:, :t])
+    if router == "none":
+        assert a.exit_logits is None
+    else:
+        assert len(a.exit_logits) == 4
+        for ea, eb in zip(a.exit_logits, b.exit_logits):
+            assert torch.allclose(ea[:, :t], eb[:, :t], atol=1e-5, rtol=0)
+        assert a.log_p_depth.shape == (B, T, 4)
+        assert torch.allclose(a.log_p_depth[:, :t], b.log_p_depth[:, :t], atol=1e-5, rtol=0)
+        assert not torch.allclose(a.exit_logits[-1][:, t], b.exit_logits[-1][:, t], atol=1e-3)
+        assert len(torch.unique(a.depth[targets != -1])) >= 2
+
+
+# -----------------------------------------------------------------------------
+# depths and frozen halted tokens
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_depth_bounds_adaptive_routers(router):
+    torch.manual_seed(2)
+    for seed in range(3):
+        m = perturb(make(router, D=4, seed=seed)).eval()
+        idx = torch.randint(0, V, (4, 20))
+        with torch.no_grad():
+            out = m(idx)
+        assert out.depth.dtype in (torch.int64, torch.int32)
+        assert int(out.depth.min()) >= 1 and int(out.depth.max()) <= 4
+        assert len(torch.unique(out.depth)) >= 2
+        # non-adaptive tokens (a prompt) always run the full depth
+        adaptive = torch.zeros_like(idx, dtype=torch.bool)
+        adaptive[:, 12:] = True
+        with torch.no_grad():
+            out = m(idx, adaptive=adaptive)
+        assert (out.depth[:, :12] == 4).all()
+        assert int(out.depth[:, 12:].min()) >= 1
+
+
+@pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
+def test_full_depth_cases(router, share, reinject):
+    torch.manual_seed(3)
+    m = perturb(make(router, share, reinject, D=3, seed=3)).eval()
+    idx = torch.randint(0, V, (3, 14))
+    none_adaptive = torch.zeros_like(idx, dtype=torch.bool)
+    with torch.no_grad():
+        routed = m(idx, adaptive=torch.ones_like(none_adaptive))
+        fixed = m(idx, adaptive=none_adaptive)
+        unrouted = m(idx, route=False)
+    if router == "none":  # every adaptive token runs max_depth
+        assert (routed.depth == 3).all()
+    assert (fixed.depth == 3).all()      # adaptive False everywhere
+    assert (unrouted.depth == 3).all()   # route=False
+    assert torch.allclose(fixed.logits, unrouted.logits, atol=1e-6)
+    # training forward with route=False: full depth as well
+    m.train()
+    targets = torch.randint(0, V, idx.shape)
+    with torch.no_grad():
+        out = m(idx, targets, route=False)
+    assert (out.depth == 3).all()
+
+
+def record_core_calls(m):
+    """Forward hook on the shared core block: (x, attend_to, output) per iteration."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append((args[0].detach().clone(), args[1].detach().clone(), output.detach().clone()))
+
+    return calls, m.core[0].register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_halted_tokens_are_frozen_eval(router):
+    """A token halted after iteration d: its logits come from its state after
+    iteration d, and at every later iteration the others attend to exactly that
+    state; while it is active it attends with its own current input."""
+    torch.manual_seed(4)
+    D = 4
+    m = perturb(make(router, D=D, seed=4)).eval()
+    idx = torch.randint(0, V, (3, 18))
+    calls, handle = record_core_calls(m)
+    with torch.no_grad():
+        out = m(idx)
+    handle.remove()
+    assert 1 <= len(calls) <= D
+    halted = 0
+    for b in range(idx.shape[0]):
+        for t in range(idx.shape[1]):
+            d = int(out.depth[b, t])
+            frozen = calls[d - 1][2][b, t]
+            expect = m.head(m.norm(frozen))
+            assert torch.allclose(out.logits[b, t], expect, atol=1e-5)
+            for k in range(d):  # active: attends with its own input of iteration k
+                x, attend_to, _ = calls[k]
+                assert torch.equal(attend_to[b, t], x[b, t])
+                if k > 0:
+                    assert torch.allclose(x[b, t], calls[k - 1][2][b, t] + m.depth_embed[k], atol=1e-6)
+            for k in range(d, len(calls)):  # halted: seen frozen, as its final state
+                assert torch.equal(calls[k][1][b, t], frozen)
+            halted += d < D
+    assert halted > 0
+
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_halted_tokens_training_counterfactual(router):
+    """In training a halted token is seen frozen by the others, its own logits
+    are at its own depth, but its state keeps iterating (the counterfactual
+    continuation) and every exit is computed from that continuing state."""
+    torch.manual_seed(5)
+    D = 4
+    m = perturb(make(router, D=D, seed=5)).train()
+    idx = torch.randint(0, V, (3, 16))
+    targets = torch.randint(0, V, idx.shape)
+    targets[:, :3] = -1
+    calls, handle = record_core_calls(m)
+    with torch.no_grad():
+        out = m(idx, targets)
+    handle.remove()
+    assert len(calls) == D and len(out.exit_logits) == D
+    halted = 0
+    for b in range(idx.shape[0]):
+        for t in range(idx.shape[1]):
+            d = int(out.depth[b, t])
+            frozen = calls[d - 1][2][b, t]
+            assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=1e-5)
+            for k in range(D):
+                assert torch.allclose(out.exit_logits[k][b, t], m.head(m.norm(calls[k][2][b, t])), atol=1e-5)
+                if k > 0:  # the own state always continues
+                    assert torch.allclose(calls[k][0][b, t], calls[k - 1][2][b, t] + m.depth_embed[k], atol=1e-6)
+                if k >= d:  # ... while the others see it frozen
+                    assert torch.equal(calls[k][1][b, t], frozen)
+            halted += d < D
+    assert halted > 0
+    assert (out.depth[targets == -1] == D).all()
+
+
+class RecordingCache(KVCache):
+    instances = []
+
+    def __init__(self):
+        super().__init__()
+        RecordingCache.instances.append(self)
+
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_generate_cache_frozen_keys(router, monkeypatch):
+    """In generate()'s cache, a token that halted at depth d has, at every
+    iteration after d, the same keys and values (those of its frozen state)."""
+    torch.manual_seed(6)
+    D = 4
+    m = perturb(make(router, D=D, seed=6))
+    RecordingCache.instances = []
+    monkeypatch.setattr(model_module, "KVCache", RecordingCache)
+    B, P, N = 4, 10, 10
+    prompt = torch.randint(0, V, (B, P))
+    tokens, depths = m.generate(prompt, N)
+    assert len(RecordingCache.instances) == 1
+    store = RecordingCache.instances[0].store
+    assert tokens.shape == depths.shape == (B, N)
+    assert int(depths.min()) >= 1 and int(depths.max()) <= D
+    assert len(torch.unique(depths)) >= 2
+    for k in range(D):
+        assert store[("core", k)][0].shape[2] >= P + N - 1  # every position at every iteration
+    checked = 0
+    for b in range(B):
+        for j in range(N):
+            p, d = P - 1 + j, int(depths[b, j])
+            if d == D:
+                continue
+            k_frozen, v_frozen = (x[b, :, p] for x in store[("core", d)])
+            for k in range(d + 1, D):
+                kk, vv = (x[b, :, p] for x in store[("core", k)])
+                assert torch.allclose(kk, k_frozen, atol=1e-6, rtol=0)
+                assert torch.allclose(vv, v_frozen, atol=1e-6, rtol=0)
+            # the last active iteration saw the token's input of that iteration, not its final state
+            assert not torch.allclose(store[("core", d - 1)][0][b, :, p], k_frozen, atol=1e-4)
+            checked += 1
+    assert checked > 0
+
+
+# -----------------------------------------------------------------------------
+# cached generation equals the uncached forward
+
+@pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
+def test_generate_matches_uncached_forward(router, share, reinject):
+    torch.manual_seed(7)
+    D = 4
+    m = perturb(make(router, share, reinject, D=D, seed=7))
+    B, P, N = 4, 12, 10
+    prompt = torch.randint(0, V, (B, P))
+    tokens, depths = m.generate(prompt, N)
+    assert tokens.shape == depths.shape == (B, N)
+    assert len(torch.unique(tokens)) >= 3, "outputs should vary for the comparison to mean something"
+    if router != "none":
+        assert len(torch.unique(depths)) >= 2
+    else:
+        assert (depths == D).all()
+    full = torch.cat([prompt, tokens], 1)[:, :-1]
+    adaptive = torch.zeros_like(full, dtype=torch.bool)
+    adaptive[:, P - 1:] = True
+    m.eval()
+    with torch.no_grad():
+        out = m(full, adaptive=adaptive)
+    assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
+    assert torch.equal(out.depth[:, P - 1:], depths)
+    assert (out.depth[:, :P - 1] == D).all()
+
+    # one prompt at a time gives the same as the batch
+    for b in range(B):
+        tb, db = m.generate(prompt[b:b + 1], N)
+        assert torch.equal(tb[0], tokens[b]) and torch.equal(db[0], depths[b])
+
+
+def test_generate_stops_at_end_id():
+    torch.manual_seed(8)
+    m = perturb(make("online", D=4, seed=8))
+    prompt = torch.randint(0, V, (1, 9))
+    tokens, depths = m.generate(prompt, 12)
+    distinct = [i for i in range(1, 12) if int(tokens[0, i]) not in tokens[0, :i].tolist()]
+    assert distinct, "need a token that first appears after position 0"
+    j = distinct[0]
+    end = int(tokens[0, j])
+    t2, d2 = m.generate(prompt, 12, end_id=end)
+    assert t2.shape[1] == j + 1
+    assert torch.equal(t2[0], tokens[0, :j + 1]) and torch.equal(d2[0], depths[0, :j + 1])
+
+
+# -----------------------------------------------------------------------------
+# halting distribution math
+
+def test_log_p_from_halt_logits_by_hand():
+    torch.manual_seed(9)
+    a = torch.tensor([0.0, torch.log(torch.tensor(3.0)), -torch.log(torch.tensor(3.0)), 5.0])
+    # hazards 1/2, 3/4, 1/4, and the last depth always stops
+    p = log_p_from_halt_logits(a).exp()
+    expect = torch.tensor([0.5, 0.5 * 0.75, 0.5 * 0.25 * 0.25, 0.5 * 0.25 * 0.75])
+    assert torch.allclose(p, expect, atol=1e-6)
+    assert torch.allclose(p.sum(), torch.tensor(1.0), atol=1e-6)
+
+    a = torch.randn(3, 5, 6) * 3
+    log_p = log_p_from_halt_logits(a)
+    assert log_p.shape == a.shape
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(3, 5), atol=1e-5)
+    h = torch.sigmoid(a.double())
+    h[..., -1] = 1.0
+    cont = torch.cumprod(1 - h, -1)
+    by_hand = h * torch.cat([torch.ones_like(cont[..., :1]), cont[..., :-1]], -1)
+    assert torch.allclose(log_p.exp().double(), by_hand, atol=1e-6)
+    # all the remaining mass is on the last depth, whatever its own logit says
+    for last in (-50.0, 0.0, 50.0):
+        a2 = a.clone()
+        a2[..., -1] = last
+        assert torch.allclose(log_p_from_halt_logits(a2), log_p, atol=1e-6)
+    assert torch.allclose(log_p[..., -1].exp().double(), torch.prod(1 - h[..., :-1], -1), atol=1e-6)
+
+
+def test_hazards_from_log_p_inverts():
+    torch.manual_seed(10)
+    log_p = F.log_softmax(torch.randn(4, 7, 5) * 2, -1)
+    h = hazards_from_log_p(log_p)
+    assert h.shape == log_p.shape
+    assert (h >= 0).all() and (h <= 1 + 1e-6).all()
+    assert torch.allclose(h[..., -1], torch.ones(4, 7), atol=1e-6)
+    cont = torch.cumprod(1 - h, -1)
+    rebuilt = h * torch.cat([torch.ones_like(cont[..., :1]), cont[..., :-1]], -1)
+    assert torch.allclose(rebuilt, log_p.exp(), atol=1e-5)
+    # and through the online form: logits of those hazards give the same distribution back
+    a = torch.logit(h.double().clamp(1e-12, 1 - 1e-12))
+    assert torch.allclose(log_p_from_halt_logits(a).exp(), log_p.exp().double(), atol=1e-6)
+    # uniform over D depths: hazards 1/(D-k+1), above 0.5 only at the last depth
+    u = hazards_from_log_p(torch.full((5,), -torch.log(torch.tensor(5.0))))
+    assert torch.allclose(u, torch.tensor([1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0]), atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# the collapse guard
+
+def hand_loss_terms(out, targets, ponder):
+    mask = targets != -1
+    y = targets[mask]
+    ce = torch.stack([F.cross_entropy(lg[mask], y, reduction="none") for lg in out.exit_logits], -1)
+    D = ce.shape[-1]
+    w = torch.arange(1, D + 1, dtype=ce.dtype)
+    lm = (ce.mean(0) * w).sum() / w.sum()
+    d_star = (ce.detach() + ponder * torch.arange(D, dtype=ce.dtype)).argmin(-1)
+    return lm, d_star, ce
+
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_target_depth_and_router_gradient(router):
+    torch.manual_seed(11)
+    D = 4
+    m = perturb(make(router, D=D, seed=11), router_std=0.3).train()
+    _, idx, targets = dfs_batch(11)
+    mask = targets != -1
+    for ponder in (0.0, 0.05, 0.5):
+        out = m(idx, targets, route=False, ponder=ponder)
+        lm, d_star, ce = hand_loss_terms(out, targets, ponder)
+        # d* = argmin_d CE_d + ponder (d - 1), checked against a brute-force loop
+        for i in range(0, len(d_star), 7):
+            costs = [ce[i, d].item() + ponder * d for d in range(D)]
+            assert costs[int(d_star[i])] == pytest.approx(min(costs), abs=1e-6)
+        assert out.parts["target_depth"] == pytest.approx(d_star.float().mean().item() + 1, abs=1e-5)
+        assert out.parts["lm"] == pytest.approx(lm.item(), abs=1e-5)
+        halt = F.nll_loss(out.log_p_depth[mask], d_star)
+        assert out.parts["halt"] == pytest.approx(halt.item(), abs=1e-5)
+        assert out.loss.item() == pytest.approx(lm.item() + halt.item(), abs=1e-5)
+    assert len(torch.unique(d_star)) >= 2  # the targets really differ between tokens
+    # a large compute cost puts every target at depth 1
+    out = m(idx, targets, route=False, ponder=100.0)
+    assert out.parts["target_depth"] == pytest.approx(1.0)
+
+    # one gradient step of the router moves probability onto d*
+    ponder = 0.05
+    out = m(idx, targets, route=False, ponder=ponder)
+    _, d_star, _ = hand_loss_terms(out, targets, ponder)
+    before = out.log_p_depth[mask].gather(1, d_star[:, None]).mean().item()
+    m.zero_grad()
+    out.loss.backward()
+    with torch.no_grad():
+        for p in m.router.parameters():
+            p -= 0.05 * p.grad
+        after_out = m(idx, targets, route=False, ponder=ponder)
+    after = after_out.log_p_depth[mask].gather(1, d_star[:, None]).mean().item()
+    assert after > before
+
+
+def test_lm_trained_at_every_depth_when_router_halts_at_one():
+    torch.manual_seed(12)
+    D = 4
+    m = make("online", D=D, seed=12)
+    with torch.no_grad():
+        m.router[-1].bias.fill_(10.0)  # hazard ~ 1 after the first iteration
+    _, idx, targets = dfs_batch(12)
+    mask = targets != -1
+    with torch.no_grad():
+        ev = m.eval()(idx, adaptive=mask)
+    assert (ev.depth[mask] == 1).all() and (ev.depth[~mask] == D).all()
+    m.train()
+    out = m(idx, targets, route=True)
+    assert (out.depth[mask] == 1).all()  # the visible stream halts at depth 1
+    assert len(out.exit_logits) == D
+    assert not torch.allclose(out.exit_logits[-1][mask], out.exit_logits[0][mask], atol=1e-4)
+    m.zero_grad()
+    out.loss.backward()
+    # the last depth's embedding is only used by iteration D: it gets gradient
+    # only if the halted tokens run their counterfactual continuation
+    assert m.depth_embed.grad[D - 1].abs().sum() > 0
+    for name, p in m.core.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_router_reads_detached_states(router):
+    torch.manual_seed(13)
+    m = perturb(make(router, D=4, seed=13), router_std=0.5).train()
+    _, idx, targets = dfs_batch(13)
+    mask = targets != -1
+    out = m(idx, targets, ponder=0.05)
+    assert len(torch.unique(out.depth[mask])) >= 1
+    # the halting loss alone reaches the router only
+    halt = F.nll_loss(out.log_p_depth[mask], torch.randint(0, 4, (int(mask.sum()),)))
+    m.zero_grad()
+    halt.backward(retain_graph=True)
+    for name, p in non_router_params(m):
+        assert p.grad is None or (p.grad == 0).all(), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.router.parameters())
+    # and the full loss gives the language model the gradient of its own part only
+    m.zero_grad()
+    out.loss.backward(retain_graph=True)
+    full = {n: p.grad.clone() for n, p in non_router_params(m)}
+    m.zero_grad()
+    lm, _, _ = hand_loss_terms(out, targets, 0.05)
+    lm.backward()
+    for name, p in non_router_params(m):
+        assert torch.allclose(full[name], p.grad, atol=1e-7), name
+
+
+# -----------------------------------------------------------------------------
+# a tiny model overfits a tiny batch
+
+@pytest.mark.parametrize("router", ["online", "none"])
+def test_overfits_tiny_batch(router):
+    torch.manual_seed(14)
+    exs, idx, targets = dfs_batch(14, num=4, sizes=(4, 5))
+    mask = targets != -1
+    m = make(router, D=3, seed=14)
+
+    def accuracy():
+        m.eval()
+        with torch.no_grad():
+            out = m(idx, adaptive=mask)
+        m.train()
+        return (out.logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
+
+    assert accuracy() < 0.5
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(200):
+        out = m(idx, targets)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert accuracy() == 1.0
+    # greedy decoding with the cache reproduces every target exactly
+    for ex in exs:
+        prompt = torch.tensor([tasks.encode(ex.prompt)])
+        tokens, depths = m.generate(prompt, len(ex.target) + 3, end_id=tasks.END)
+        assert tasks.decode(tokens[0].tolist()) == ex.target
+        assert int(depths.min()) >= 1 and int(depths.max()) <= 3
+
+
+# -----------------------------------------------------------------------------
+
+def test_bad_configs_raise():
+    torch.manual_seed(15)
+    with pytest.raises(ValueError):
+        ANIRA(ModelConfig(router="nope"))
+    with pytest.raises(ValueError):
+        ANIRA(ModelConfig(d_model=32, n_heads=2, share=False, router="online"))
+    with pytest.raises(ValueError):
+        ANIRA(ModelConfig(d_model=32, n_heads=2, share=False, router="early"))
+    m = ANIRA(ModelConfig(d_model=32, n_heads=2, max_depth=3, share=False, router="none"))
+    assert len(m.core) == 3

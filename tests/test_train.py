@@ -1,0 +1,349 @@
+"""Tests for train.py: outputs of a short run, exact resume, atomic and
+interrupt-safe checkpoints, the non-finite-loss stop, and one-line errors.
+
+Runs are tiny (d_model 32, depth 3, batch 8, a handful of steps) and go
+through the real command line (subprocess) where the process matters (exit
+code, SIGINT, files), in-process where a fault has to be injected.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import model as model_module
+import tasks
+import train
+from model import ANIRA, ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TINY = ["--d-model", "32", "--n-heads", "2", "--max-depth", "3", "--batch-size", "8",
+        "--eval-num", "16", "--eval-every", "5", "--sizes", "4-5", "--max-minutes", "1000"]
+LOG_KEYS = {"step", "loss", "token_acc", "exact_match", "mean_depth", "std_depth"}
+
+
+def start(script, *args):
+    return subprocess.Popen([sys.executable, script, *args], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc, timeout=180):
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run(script, *args, timeout=180):
+    return finish(start(script, *args), timeout)
+
+
+def run_all(commands):
+    """Start several short commands at once (most of their time is importing torch)."""
+    procs = [start(*c) for c in commands]
+    return [finish(p) for p in procs]
+
+
+def assert_ok(res):
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def assert_one_error_line(code, err):
+    assert code not in (0, None), err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory):
+    """10 steps straight, halting switched on after 3 steps."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("train") / "A"
+    res = run("train.py", *TINY, "--halt-warmup", "3", "--max-iters", "10", "--out", str(out))
+    assert_ok(res)
+    return out, res
+
+
+# -----------------------------------------------------------------------------
+
+def test_short_run_writes_outputs(run_a):
+    torch.manual_seed(0)
+    out, res = run_a
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "config.json", "log.jsonl"]  # and no ckpt.pt.tmp
+    assert "saved" in res.stdout and "step" in res.stdout
+
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in rows] == [0, 5, 10]
+    for r in rows:
+        assert LOG_KEYS <= r.keys(), r
+        assert 0 <= r["token_acc"] <= 1 and 0 <= r["exact_match"] <= 1
+        assert 1 <= r["mean_depth"] <= 3 and r["std_depth"] >= 0
+        assert r["loss"] > 0
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"] == "dfs" and config["router"] == "online"
+    assert config["max_depth"] == 3 and config["d_model"] == 32 and config["sizes"] == "4-5"
+
+    ckpt = load(out / "ckpt.pt")
+    assert {"model", "optimizer", "config", "model_config", "step", "rng", "torch_rng"} <= ckpt.keys()
+    assert ckpt["step"] == 10
+    m = ANIRA(ModelConfig(**ckpt["model_config"]))
+    m.load_state_dict(ckpt["model"])
+    assert m.cfg.max_depth == 3 and m.cfg.router == "online" and m.cfg.vocab_size == len(tasks.VOCAB)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_help():
+    torch.manual_seed(0)
+    for res in run_all([("train.py", "--help"), ("evaluate.py", "--help"), ("tasks.py", "--help")]):
+        assert_ok(res)
+        assert "usage:" in res.stdout
+
+
+def test_resume_round_trip(run_a, tmp_path):
+    """5 steps, then --resume to 10: the same model, optimizer and RNG as 10 straight."""
+    torch.manual_seed(0)
+    a_dir, _ = run_a
+    b_dir = tmp_path / "B"
+    flags = [*TINY, "--halt-warmup", "3", "--out", str(b_dir)]
+    assert_ok(run("train.py", *flags, "--max-iters", "5"))
+    assert load(b_dir / "ckpt.pt")["step"] == 5
+    res = run("train.py", *flags, "--max-iters", "10", "--resume")
+    assert_ok(res)
+    assert "step     0 |" not in res.stdout  # it continued, it did not start again
+    a, b = load(a_dir / "ckpt.pt"), load(b_dir / "ckpt.pt")
+    assert b["step"] == 10
+    assert states_equal(a["model"], b["model"]), max(
+        (a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert states_equal(sa[k], sb[k])
+    assert a["rng"] == b["rng"]
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert not os.path.exists(b_dir / "ckpt.pt.tmp")
+    log_a = [json.loads(x) for x in (a_dir / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (b_dir / "log.jsonl").read_text().splitlines()]
+    assert log_b[-1]["step"] == 10
+    assert log_b[-1]["loss"] == log_a[-1]["loss"] and log_b[-1]["token_acc"] == log_a[-1]["token_acc"]
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    torch.manual_seed(0)
+    out = tmp_path / "int"
+    proc = start("train.py", *TINY, "--max-iters", "100000", "--out", str(out))
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    try:
+        while True:  # wait until it has trained and checkpointed past step 0
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no checkpoint after step 0 in 120 s"
+            if (out / "ckpt.pt").exists() and log.exists() and any(
+                    json.loads(line)["step"] >= 5 for line in log.read_text().splitlines()
+                    if line.endswith("}")):
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        res = finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "interrupted" in res.stdout
+    assert "Traceback" not in res.stderr
+    assert not os.path.exists(str(out / "ckpt.pt") + ".tmp")
+    ckpt = train.load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["step"] >= 5
+    assert f"interrupted at step {ckpt['step']}" in res.stdout
+    m = ANIRA(ModelConfig(**ckpt["model_config"]))
+    m.load_state_dict(ckpt["model"])
+
+
+# -----------------------------------------------------------------------------
+# in-process fault injection
+
+def poisoned_loss(monkeypatch, at_call, kind):
+    """Patch ANIRA.loss: from call `at_call` on (0-based, one call per step),
+    kind "nan" returns a NaN loss; kind "grad" returns a finite loss whose
+    gradient is NaN once (the update then breaks the weights)."""
+    original = model_module.ANIRA.loss
+    calls = []
+
+    def loss(self, out, targets, ponder):
+        value, parts = original(self, out, targets, ponder)
+        calls.append(len(calls))
+        if kind == "nan" and len(calls) > at_call:
+            value = value * float("nan")
+        if kind == "grad" and len(calls) == at_call + 1:
+            zero = value - value
+            value = value + 0.0 * torch.sqrt(zero)  # value unchanged, gradient NaN
+            assert torch.isfinite(value)
+        return value, parts
+
+    monkeypatch.setattr(model_module.ANIRA, "loss", loss)
+    return calls
+
+
+def check_good_checkpoint(path, expect_step):
+    ckpt = train.load_checkpoint(str(path))
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values()), \
+        f"the checkpoint kept after a non-finite loss (step {ckpt['step']}) has non-finite weights"
+    m = ANIRA(ModelConfig(**ckpt["model_config"]))
+    m.load_state_dict(ckpt["model"])
+    idx, targets, _ = tasks.make_batch(tasks.sample_examples("dfs", random.Random(0), (4, 5), 4))
+    with torch.no_grad():
+        out = m(torch.from_numpy(idx), torch.from_numpy(targets))
+    assert torch.isfinite(out.loss), "the checkpoint kept as the last good one gives a non-finite loss"
+    assert ckpt["step"] == expect_step
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    out = tmp_path / "nan"
+    calls = poisoned_loss(monkeypatch, at_call=7, kind="nan")
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--max-iters", "20", "--out", str(out)])
+    assert e.value.code == 1
+    assert len(calls) == 8  # it stopped at the first bad step
+    err = capsys.readouterr().err
+    assert "error:" in err and "nan" in err and "step 7" in err
+    assert not os.path.exists(str(out / "ckpt.pt") + ".tmp")
+    monkeypatch.undo()
+    check_good_checkpoint(out / "ckpt.pt", expect_step=5)
+
+
+def test_non_finite_after_a_bad_update_on_a_checkpoint_step(tmp_path, monkeypatch, capsys):
+    """The update of step 4 breaks the weights (its loss was finite, its
+    gradient was not); step 5 is a checkpoint step and its loss is NaN. The
+    checkpoint kept must be the last good one (step 0), not the broken
+    weights of step 5."""
+    torch.manual_seed(0)
+    out = tmp_path / "nan2"
+    poisoned_loss(monkeypatch, at_call=4, kind="grad")
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--max-iters", "20", "--out", str(out)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "step 5" in err
+    monkeypatch.undo()
+    check_good_checkpoint(out / "ckpt.pt", expect_step=0)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, capsys):
+    """A save that dies half way leaves the previous checkpoint intact."""
+    torch.manual_seed(0)
+    out = tmp_path / "atomic"
+    real_save = torch.save
+    saves = []
+
+    def failing_save(obj, f, *a, **k):
+        saves.append(str(f))
+        if len(saves) == 2:  # the step-5 checkpoint: write half of it, then crash
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        train.main([*TINY, "--max-iters", "20", "--out", str(out)])
+    assert all(s.endswith(".tmp") for s in saves)  # never written in place
+    ckpt = train.load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["step"] == 0
+
+
+# -----------------------------------------------------------------------------
+# errors: one line, non-zero exit, no traceback
+
+@pytest.fixture(scope="module")
+def early_ckpt_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("early") / "E"
+    train.main([*TINY, "--router", "early", "--max-iters", "1", "--eval-every", "100", "--out", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("args", [
+    ["--task", "nope"],
+    ["--router", "nope"],
+    ["--sizes", "8-4"],
+    ["--sizes", "4-99"],
+    ["--sizes", "abc"],
+    ["--sizes", "4-5-6"],
+    ["--no-share", "--router", "online"],
+    ["--d-model", "30"],
+], ids=lambda a: " ".join(a))
+def test_bad_arguments(args, tmp_path, capsys):
+    torch.manual_seed(0)
+    flags = [*TINY, "--out", str(tmp_path / "x"), *args]
+    with pytest.raises(SystemExit) as e:
+        train.main(flags)
+    assert_one_error_line(e.value.code, capsys.readouterr().err)
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--resume", "--out", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert_one_error_line(e.value.code, err)
+    assert "checkpoint" in err
+
+
+def test_resume_other_router(early_ckpt_dir, capsys):
+    torch.manual_seed(0)
+    before = (early_ckpt_dir / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--router", "online", "--resume", "--out", str(early_ckpt_dir)])
+    err = capsys.readouterr().err
+    assert_one_error_line(e.value.code, err)
+    assert "router" in err
+    assert (early_ckpt_dir / "ckpt.pt").read_bytes() == before
+    assert json.loads((early_ckpt_dir / "config.json").read_text())["router"] == "early"
+
+
+def test_load_checkpoint_rejects_bad_files(early_ckpt_dir, tmp_path, capsys):
+    torch.manual_seed(0)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(300))
+    truncated = tmp_path / "truncated.pt"
+    data = (early_ckpt_dir / "ckpt.pt").read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    not_a_dict = tmp_path / "list.pt"
+    torch.save([1, 2, 3], not_a_dict)
+    for path in (garbage, truncated, foreign, not_a_dict, tmp_path / "missing.pt"):
+        with pytest.raises(SystemExit) as e:
+            train.load_checkpoint(str(path))
+        assert_one_error_line(e.value.code, capsys.readouterr().err)
+    assert train.load_checkpoint(str(early_ckpt_dir / "ckpt.pt"))["step"] == 1
+
+
+def test_errors_through_the_command_line(early_ckpt_dir, tmp_path):
+    """The same errors as a user sees them: exit code, one line, no traceback."""
+    torch.manual_seed(0)
+    x = str(tmp_path / "x")
+    results = run_all([
+        ("train.py", *TINY, "--sizes", "4-99", "--out", x),
+        ("train.py", *TINY, "--router", "none", "--resume", "--out", str(early_ckpt_dir)),
+    ])
+    for res in results:
+        assert_one_error_line(res.returncode, res.stderr)
+    assert not os.path.exists(x)
