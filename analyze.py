@@ -71,7 +71,7 @@ EXACT_LMG_MAX = 12  # exact Shapley over all 2^p subsets up to this many feature
 
 def main(argv=None):
     args = parse_args(argv)
-    runs = [(path, analyze(load_csv(path))) for path in args.csv]
+    runs = [(path, analyze(restrict(load_csv(path), args.sizes))) for path in args.csv]
     labels = make_labels(runs)
     out = Path(args.out) if args.out else Path(args.csv[0]).parent / "report.md"
     lines = ["# Compute allocation: depth against per-token difficulty", ""]
@@ -285,6 +285,20 @@ def load_csv(path):
     }
 
 
+def restrict(d, sizes):
+    """Keep the tokens of examples with lo <= n <= hi (--sizes), e.g. only the
+    training sizes, where the model's answers are mostly right."""
+    if sizes is None:
+        return d
+    keep = (d["n"] >= sizes[0]) & (d["n"] <= sizes[1])
+    if keep.sum() < len(d["features"]) + 2:
+        fail(f"only {keep.sum()} rows have n in {sizes[0]}-{sizes[1]}: too few for a regression")
+    for key in ("X", "n", "depth", "correct", "sample"):
+        if d[key] is not None:
+            d[key] = d[key][keep]
+    return d
+
+
 def read_summary(path):
     """summary.json of evaluate.py, or None (with a warning) when it is unusable."""
     try:
@@ -420,7 +434,16 @@ def parse_args(argv):
     p.add_argument("--plots", action="store_true", help="draw PNG figures beside the report, linked from "
                    "it (needs matplotlib; skipped with a message when it is not installed)")
     p.add_argument("--out", metavar="FILE", help="the Markdown report (default: report.md beside the first CSV)")
-    return p.parse_args(argv)
+    p.add_argument("--sizes", metavar="LO-HI", help="analyse only tokens of examples with n in LO-HI "
+                   "(e.g. the training sizes); the accuracy-by-size table keeps every size")
+    args = p.parse_args(argv)
+    if args.sizes is not None:
+        try:
+            lo, hi = (int(x) for x in args.sizes.split("-"))
+        except ValueError:
+            fail(f"--sizes {args.sizes!r}: expected a range like 4-8")
+        args.sizes = (lo, hi)
+    return args
 
 
 def make_labels(runs):
