@@ -31,11 +31,11 @@ iteration the other tokens attend to that frozen state (no token leaves the
 attention). Causality holds at every depth.
 
 Training objective (see `loss` below). The known failure of halting is a
-collapse to depth 1 (ACT's weighted output and PonderNet's expected loss both
-collapsed on DFS, SPEC appendix): when the task loss flows through the
-halting distribution, the depths the router stops using stop being trained,
-which makes them worse, which makes the router avoid them. So here the two
-are decoupled:
+collapse to depth 1 (ACT's weighted output and PonderNet's expected loss
+both collapsed on DFS in a prototype of this project): when the task loss
+flows through the halting distribution, the depths the router stops using
+stop being trained, which makes them worse, which makes the router avoid
+them. So here the two are decoupled:
   1. The language model is trained at every depth ("deep supervision", an
      exit after every iteration, weighted towards depth), whatever the router
      says. For this every token also runs a *counterfactual* continuation past
