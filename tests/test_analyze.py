@@ -258,3 +258,17 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, case):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in p.stderr
+
+
+def test_sizes_option_restricts_the_analysis_to_a_size_range(tmp_path):
+    # depth follows backtrack only for n <= 6; beyond it depth is noise
+    rng = np.random.default_rng(5)
+    f, n = dfs_features(rng)
+    depth = np.where(n <= 6, 1 + f["backtrack"], rng.integers(1, 7, len(n)))
+    path = write_csv(tmp_path / "t.csv", f, depth, n)
+    everything = analyze.analyze(analyze.load_csv(str(path)))
+    small = analyze.analyze(analyze.restrict(analyze.load_csv(str(path)), (4, 6)))
+    assert small["rows"] == int((n <= 6).sum()) < everything["rows"]
+    assert small["r2_full"] > 0.99 > everything["r2_full"]
+    r = cli(path, "--sizes", "30-40", "--out", tmp_path / "r.md")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
