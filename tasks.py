@@ -345,11 +345,10 @@ def lang_example(rng, n, hops, distractors, n_queries=4):
         prompt += [chain[i], "=", value if i == 0 else chain[i - 1], ";"]
     prompt.append("<sep>")
     target, feats = [], []
-    n_distractors = distractors
 
     def emit(token, kind, hops_=0, distance=0):
         feats.append({"kind": kind, "hops": hops_, "distance": distance, "n_vars": n,
-                      "distractors": n_distractors, "step": len(target)})
+                      "distractors": distractors, "step": len(target)})
         target.append(token)
 
     for name in rng.sample(names[:n], min(n_queries, n)):
