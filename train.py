@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -30,7 +31,7 @@ from model import ANIRA, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False,
-    ponder=0.01, halt_warmup=500,
+    ponder=0.01, halt_warmup=500, curriculum=0,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", out=None, resume=False,
@@ -80,10 +81,19 @@ def main(argv=None):
     t0 = t_mark = time.time() - elapsed
     first_step = step
     tokens_seen = 0
+    # Ctrl-C asks the loop to stop between two steps, never inside an update;
+    # a second Ctrl-C stops at once (the last checkpoint on disk stays whole)
+    interrupted = []
+
+    def request_stop(signum, frame):
+        interrupted.append(True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous_handler = signal.signal(signal.SIGINT, request_stop)
     try:
-        while step < args.max_iters and not out_of_time(elapsed, args):
+        while step < args.max_iters and not out_of_time(elapsed, args) and not interrupted:
             if step % args.eval_every == 0 and not (args.resume and step == first_step):
-                stats = evaluate(model, held_out, args, device, route=step >= args.halt_warmup)
+                stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
                 check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
                 stats.update(step=step, minutes=round(elapsed / 60, 2),
                              tokens_per_s=round(tokens_seen / max(1e-9, time.time() - t_mark))
@@ -96,7 +106,7 @@ def main(argv=None):
             lr = learning_rate(step, elapsed, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = tasks.sample_examples(args.task, rng, args.size_range, args.batch_size)
+            batch = tasks.sample_examples(args.task, rng, batch_sizes(step, rng, args), args.batch_size)
             idx, targets = (torch.from_numpy(a).to(device) for a in tasks.make_batch(batch)[:2])
             with autocast(device):
                 out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder)
@@ -108,13 +118,16 @@ def main(argv=None):
             step += 1
             tokens_seen += idx.numel()
             elapsed = time.time() - t0
-        stats = evaluate(model, held_out, args, device, route=step >= args.halt_warmup)
-        check_finite(stats["loss"], step, ckpt_path)
-        stats.update(step=step, minutes=round(elapsed / 60, 2))
-        report(stats, args, elapsed)
-        log.write(json.dumps(stats) + "\n")
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}: saving {ckpt_path}")
+        if interrupted:
+            print(f"\ninterrupted at step {step}: saving {ckpt_path}")
+        else:
+            stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
+            check_finite(stats["loss"], step, ckpt_path)
+            stats.update(step=step, minutes=round(elapsed / 60, 2))
+            report(stats, args, elapsed)
+            log.write(json.dumps(stats) + "\n")
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     save()
     log.close()
     print(f"saved {ckpt_path}")
@@ -123,7 +136,7 @@ def main(argv=None):
 # -----------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model, examples, args, device, route=True):
+def evaluate_held_out(model, examples, args, device, route=True):
     """Teacher-forced loss and token accuracy, greedy exact-match and depth.
 
     Greedy exact-match equals "every teacher-forced prediction is right": if
@@ -159,6 +172,18 @@ def evaluate(model, examples, args, device, route=True):
     return stats
 
 
+def batch_sizes(step, rng, args):
+    """The graph size of this step's batch: one size per batch, so no step
+    pays for padding short examples to long ones. With a curriculum, the
+    largest size grows from the smallest to the top of --sizes over the first
+    `curriculum` steps: small graphs first, which are short and quick to learn."""
+    lo, hi = args.size_range
+    if args.curriculum:
+        hi = lo + round((hi - lo) * min(1.0, step / args.curriculum))
+    n = rng.randint(lo, hi)
+    return n, n
+
+
 def check_finite(loss, step, ckpt_path):
     """A non-finite loss stops the run before anything is saved, so the
     checkpoint on disk stays the last good one."""
@@ -170,12 +195,13 @@ def check_finite(loss, step, ckpt_path):
 
 def report(stats, args, elapsed):
     left = remaining_seconds(stats["step"], elapsed, args)
+    left = f"~{left / 60:.1f} min left" if left is not None else "time left not known yet"
     extra = f" | {stats['tokens_per_s']} tok/s" if stats.get("tokens_per_s") else ""
     bt = (f" (backtrack 0: {stats['depth_backtrack0']}, 1+: {stats['depth_backtrack1+']})"
           if "depth_backtrack0" in stats else "")
     print(f"step {stats['step']:5d} | loss {stats['loss']:.3f} | token acc {stats['token_acc']:.3f} | "
           f"exact {stats['exact_match']:.3f} | depth {stats['mean_depth']:.2f} +- {stats['std_depth']:.2f}"
-          f"{bt}{extra} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left", flush=True)
+          f"{bt}{extra} | {elapsed / 60:.1f} min, {left}", flush=True)
 
 
 def learning_rate(step, elapsed, args):
@@ -196,6 +222,9 @@ def out_of_time(elapsed, args):
 
 
 def remaining_seconds(step, elapsed, args):
+    """Seconds left at the pace so far; None before the first step."""
+    if step == 0 and not args.max_minutes:
+        return None
     by_steps = elapsed / max(1, step) * (args.max_iters - step)
     if args.max_minutes:
         by_steps = min(by_steps, args.max_minutes * 60 - elapsed)
@@ -275,6 +304,8 @@ def parse_args(argv):
                         "argmin_d CE_d + ponder * (d - 1)")
     p.add_argument("--halt-warmup", type=int, default=d["halt_warmup"],
                    help="steps at full depth before halting is switched on")
+    p.add_argument("--curriculum", type=int, default=d["curriculum"],
+                   help="steps over which the largest training size grows to the top of --sizes (0: none)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--min-lr", type=float, default=d["min_lr"])

@@ -245,6 +245,40 @@ def test_non_finite_after_a_bad_update_on_a_checkpoint_step(tmp_path, monkeypatc
     check_good_checkpoint(out / "ckpt.pt", expect_step=0)
 
 
+def test_ctrl_c_inside_an_update_finishes_that_update(tmp_path, monkeypatch, capsys):
+    """Ctrl-C arriving in the middle of optimizer.step() (here: at the start of
+    the 7th update) lets that update finish and saves after it, so the
+    checkpoint never holds a half-applied step."""
+    torch.manual_seed(0)
+    out = tmp_path / "mid"
+    real_step = torch.optim.AdamW.step
+    updates = []
+
+    def step_with_sigint(self, *a, **k):
+        updates.append(1)
+        if len(updates) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_with_sigint)
+    handler = signal.getsignal(signal.SIGINT)
+    train.main([*TINY, "--max-iters", "20", "--out", str(out)])
+    assert signal.getsignal(signal.SIGINT) is handler, "train.main left its Ctrl-C handler behind"
+    assert "interrupted at step 7" in capsys.readouterr().out
+    ckpt = train.load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["step"] == 7 and len(updates) == 7
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {7}
+
+
+def test_curriculum_grows_the_largest_size(tmp_path):
+    args = train.parse_args(["--sizes", "4-8", "--curriculum", "100"])
+    rng = random.Random(0)
+    for step, top in ((0, 4), (50, 6), (100, 8), (5000, 8)):
+        sizes = [train.batch_sizes(step, rng, args) for _ in range(300)]
+        assert all(lo == hi for lo, hi in sizes), "one size per batch"
+        assert {lo for lo, _ in sizes} == set(range(4, top + 1))
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, capsys):
     """A save that dies half way leaves the previous checkpoint intact."""
     torch.manual_seed(0)
