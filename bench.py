@@ -60,8 +60,8 @@ def speed(args):
     rng = random.Random(0)
     times = {name: [] for name in models}
     for r in range(args.rounds + 2):  # the first two rounds warm up
-        idx, targets, _ = tasks.make_batch(tasks.sample_examples(args.task, rng, tasks.DEFAULT_SIZES[args.task],
-                                                                 args.batch_size))
+        n = rng.randint(*tasks.DEFAULT_SIZES[args.task])  # one size per batch, as in train.py
+        idx, targets, _ = tasks.make_batch(tasks.sample_examples(args.task, rng, (n, n), args.batch_size))
         idx, targets = torch.from_numpy(idx), torch.from_numpy(targets)
         order = list(models) if r % 2 == 0 else list(reversed(models))
         for name in order:
