@@ -26,8 +26,8 @@ import tasks
 from model import ANIRA, ROUTERS, ModelConfig
 
 # -----------------------------------------------------------------------------
-# defaults: a small model that trains on dfs in about 13 minutes on a 2-core
-# CPU (3600 steps at ~0.22 s; `python bench.py speed` measures your machine)
+# defaults: a small model that trains on dfs in about 14 minutes on a 2-core
+# CPU (3600 steps at ~0.24 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False,
