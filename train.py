@@ -106,7 +106,7 @@ def main(argv=None):
             lr = learning_rate(step, elapsed, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = tasks.sample_examples(args.task, rng, batch_sizes(step, rng, args), args.batch_size)
+            batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size)
             idx, targets = (torch.from_numpy(a).to(device) for a in tasks.make_batch(batch)[:2])
             with autocast(device):
                 out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder)
@@ -172,7 +172,7 @@ def evaluate_held_out(model, examples, args, device, route=True):
     return stats
 
 
-def batch_sizes(step, rng, args):
+def size_range_for_step(step, rng, args):
     """The graph size of this step's batch: one size per batch, so no step
     pays for padding short examples to long ones. With a curriculum, the
     largest size grows from the smallest to the top of --sizes over the first

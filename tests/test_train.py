@@ -274,7 +274,7 @@ def test_curriculum_grows_the_largest_size(tmp_path):
     args = train.parse_args(["--sizes", "4-8", "--curriculum", "100"])
     rng = random.Random(0)
     for step, top in ((0, 4), (50, 6), (100, 8), (5000, 8)):
-        sizes = [train.batch_sizes(step, rng, args) for _ in range(300)]
+        sizes = [train.size_range_for_step(step, rng, args) for _ in range(300)]
         assert all(lo == hi for lo, hi in sizes), "one size per batch"
         assert {lo for lo, _ in sizes} == set(range(4, top + 1))
 
