@@ -110,7 +110,8 @@ class ANIRA(nn.Module):
         # (early: zero logits are uniform over depths, whose hazards 1/(D-k+1)
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
-    def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.01, cache=None):
+    def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.01, prompt_targets=None,
+                cache=None):
         """Run the model on token ids idx (B, T).
 
         targets   (B, T) next-token ids, -1 where there is no loss. Given
@@ -120,6 +121,8 @@ class ANIRA(nn.Module):
                   (the prompt) run max_depth. Default: targets != -1, else all.
         route     False runs every token to max_depth (the warm-up phase before
                   halting is switched on); the router is still trained.
+        prompt_targets  (B, T) next-token ids on the prompt, -1 elsewhere: adds
+                  an ordinary language-model loss on the prompt (see `loss`).
         cache     a KVCache for incremental decoding (see generate()).
         """
         cfg, D = self.cfg, self.cfg.max_depth
@@ -175,22 +178,31 @@ class ANIRA(nn.Module):
         elif training and cfg.router == "early":
             out.log_p_depth = log_p_depth
         if training:
-            out.loss, out.parts = self.loss(out, targets, ponder)
+            out.loss, out.parts = self.loss(out, targets, ponder, prompt_targets)
         return out
 
-    def loss(self, out, targets, ponder):
+    def loss(self, out, targets, ponder, prompt_targets=None):
         """Deep-supervised LM loss plus the router's loss (see the module docstring).
 
         none:     cross-entropy at max_depth, as any fixed-depth Transformer.
         adaptive: sum_d w_d CE_d with w_d proportional to d (the late exits
                   matter most, as in early-exit training), plus
                   L_halt = -log p(d*),  d* = argmin_d CE_d + ponder * (d - 1).
+        prompt:   with prompt_targets, plus the mean cross-entropy of the
+                  prompt's next tokens at max_depth (prompt tokens never halt).
+                  Predicting the sorted adjacency lists teaches which nodes are
+                  neighbours and the order of labels, what DFS looks up.
         """
         mask = targets != -1
         y = targets[mask]
+        prompt, parts = 0.0, {}
+        if prompt_targets is not None:
+            in_prompt = prompt_targets != -1
+            prompt = F.cross_entropy(out.logits[in_prompt], prompt_targets[in_prompt])
+            parts["prompt"] = prompt.item()
         if self.cfg.router == "none":
             lm = F.cross_entropy(out.logits[mask], y)
-            return lm, {"lm": lm.item()}
+            return lm + prompt, {"lm": lm.item(), **parts}
         ce = torch.stack([F.cross_entropy(lg[mask], y, reduction="none") for lg in out.exit_logits], -1)
         D = ce.shape[-1]
         w = torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
@@ -198,8 +210,8 @@ class ANIRA(nn.Module):
         cost = ce.detach() + ponder * torch.arange(D, device=ce.device, dtype=ce.dtype)
         target_depth = cost.argmin(-1)  # 0-based: d* - 1
         halt = F.nll_loss(out.log_p_depth[mask], target_depth)
-        parts = {"lm": lm.item(), "halt": halt.item(), "target_depth": target_depth.float().mean().item() + 1}
-        return lm + halt, parts
+        parts.update(lm=lm.item(), halt=halt.item(), target_depth=target_depth.float().mean().item() + 1)
+        return lm + halt + prompt, parts
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens, end_id=None):

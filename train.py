@@ -31,7 +31,7 @@ from model import ANIRA, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False,
-    ponder=0.01, halt_warmup=500, curriculum=0,
+    ponder=0.01, halt_warmup=500, curriculum=0, no_prompt_loss=False,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3600, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", out=None, resume=False,
@@ -107,9 +107,12 @@ def main(argv=None):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size)
-            idx, targets = (torch.from_numpy(a).to(device) for a in tasks.make_batch(batch)[:2])
+            idx, targets = tasks.make_batch(batch)[:2]
+            prompt = None if args.no_prompt_loss else torch.from_numpy(tasks.prompt_targets(idx, targets)).to(device)
+            idx, targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
             with autocast(device):
-                out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder)
+                out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder,
+                            prompt_targets=prompt)
             check_finite(out.loss.item(), step, ckpt_path)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -306,6 +309,9 @@ def parse_args(argv):
                    help="steps at full depth before halting is switched on")
     p.add_argument("--curriculum", type=int, default=d["curriculum"],
                    help="steps over which the largest training size grows to the top of --sizes (0: none)")
+    p.add_argument("--no-prompt-loss", action="store_true",
+                   help="train on the answer only (default: also predict the prompt's tokens, "
+                        "which learns dfs faster)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--min-lr", type=float, default=d["min_lr"])

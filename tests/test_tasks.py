@@ -40,9 +40,9 @@ def dfs_instances(count=3000, seed=1234):
     rng = random.Random(seed)
     out = []
     for i in range(count):
-        n = 2 + i % 19
-        family = FAMILIES[(i // 19) % 3]
-        density = DENSITIES[(i // 57) % len(DENSITIES)]
+        n = 2 + i % 15  # every size the labels allow: 2..16
+        family = FAMILIES[(i // 15) % 3]
+        density = DENSITIES[(i // 45) % len(DENSITIES)]
         out.append((n, family, density, tasks.make_example("dfs", rng, n, family=family,
                                                            density=density)))
     return out
@@ -218,9 +218,9 @@ def topo_examples():
     rng = random.Random(4321)
     out = []
     for i in range(3000):
-        n = 2 + i % 19
-        family = FAMILIES[(i // 19) % 3]
-        density = DENSITIES[(i // 57) % len(DENSITIES)]
+        n = 2 + i % 15  # every size the labels allow: 2..16
+        family = FAMILIES[(i // 15) % 3]
+        density = DENSITIES[(i // 45) % len(DENSITIES)]
         out.append((n, family, density, tasks.make_example("topo", rng, n, family=family,
                                                            density=density)))
     return out
@@ -473,8 +473,9 @@ def test_vocab_unique_and_specials():
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_round_trip_and_label_coverage(task):
     lo, hi = tasks.DEFAULT_SIZES[task]
+    hi = min(2 * hi, tasks.max_size(task))  # what evaluate.py tests by default
     rng = random.Random(5)
-    for n in range(2, 2 * hi + 1):
+    for n in range(2, hi + 1):
         tasks.check_size(task, n)
         for _ in range(20):
             ex = tasks.make_example(task, rng, n)
@@ -483,13 +484,14 @@ def test_round_trip_and_label_coverage(task):
             assert all(isinstance(i, int) and 0 <= i < len(tasks.VOCAB) for i in ids)
             assert tasks.decode(ids) == toks
             assert tasks.decode(tasks.encode(ex.prompt)) == ex.prompt
-    exs = tasks.sample_examples(task, rng, (lo, 2 * hi), 50)
-    assert {ex.n for ex in exs} <= set(range(lo, 2 * hi + 1))
+    exs = tasks.sample_examples(task, rng, (lo, hi), 50)
+    assert {ex.n for ex in exs} <= set(range(lo, hi + 1))
     for ex in exs:
         tasks.encode(ex.prompt + ex.target)
 
 
-@pytest.mark.parametrize("task,n", [("dfs", 33), ("topo", 33), ("lang", 22), ("dfs", 100)])
+@pytest.mark.parametrize("task,n", [("dfs", tasks.N_LABELS + 1), ("topo", tasks.N_LABELS + 1),
+                                    ("lang", tasks.max_size("lang") + 1), ("dfs", 100)])
 def test_size_too_large_for_labels(task, n):
     with pytest.raises(ValueError, match=r"label"):
         tasks.make_example(task, random.Random(0), n)
@@ -498,12 +500,15 @@ def test_size_too_large_for_labels(task, n):
 
 
 def test_size_limits_exact():
-    tasks.make_example("dfs", random.Random(0), 32)
-    tasks.make_example("topo", random.Random(0), 32)
-    tasks.make_example("lang", random.Random(0), 21)          # 21 + 10 = 31 labels
-    tasks.make_example("lang", random.Random(0), 16, distractors=16)
+    N = tasks.N_LABELS
+    tasks.make_example("dfs", random.Random(0), N)
+    tasks.make_example("topo", random.Random(0), N)
+    n = tasks.max_size("lang")                                # n + n // 2 labels
+    assert n + n // 2 <= N < (n + 1) + (n + 1) // 2
+    tasks.make_example("lang", random.Random(0), n)
+    tasks.make_example("lang", random.Random(0), N // 2, distractors=N // 2)
     with pytest.raises(ValueError, match="label"):
-        tasks.make_example("lang", random.Random(0), 16, distractors=17)
+        tasks.make_example("lang", random.Random(0), N // 2, distractors=N // 2 + 1)
 
 
 @pytest.mark.parametrize("task,n", [("dfs", 1), ("topo", 0), ("lang", 0), ("dfs", -3)])
@@ -524,7 +529,7 @@ def test_unknown_token():
     with pytest.raises(ValueError, match="'foo'"):
         tasks.encode(["3", "foo"])
     with pytest.raises(ValueError):
-        tasks.encode(["32"])  # label beyond N_LABELS
+        tasks.encode([str(tasks.N_LABELS)])  # label beyond N_LABELS
 
 
 # -----------------------------------------------------------------------------
@@ -533,7 +538,7 @@ def test_unknown_token():
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_make_batch(task):
     rng = random.Random(11)
-    exs = [tasks.make_example(task, rng, n) for n in (2, 9, 5, 16, 3)]
+    exs = [tasks.make_example(task, rng, n) for n in (2, 9, 5, 11, 3)]
     idx, targets, features = tasks.make_batch(exs)
     seqs = [ex.prompt + ex.target for ex in exs]
     T = max(len(s) for s in seqs) - 1

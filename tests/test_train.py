@@ -185,8 +185,8 @@ def poisoned_loss(monkeypatch, at_call, kind):
     original = model_module.ANIRA.loss
     calls = []
 
-    def loss(self, out, targets, ponder):
-        value, parts = original(self, out, targets, ponder)
+    def loss(self, out, targets, ponder, prompt_targets=None):
+        value, parts = original(self, out, targets, ponder, prompt_targets)
         calls.append(len(calls))
         if kind == "nan" and len(calls) > at_call:
             value = value * float("nan")
