@@ -62,11 +62,12 @@ def speed(args):
     for r in range(args.rounds + 2):  # the first two rounds warm up
         n = rng.randint(*tasks.DEFAULT_SIZES[args.task])  # one size per batch, as in train.py
         idx, targets, _ = tasks.make_batch(tasks.sample_examples(args.task, rng, (n, n), args.batch_size))
+        prompt = torch.from_numpy(tasks.prompt_targets(idx, targets))  # train.py's loss on the prompt
         idx, targets = torch.from_numpy(idx), torch.from_numpy(targets)
         order = list(models) if r % 2 == 0 else list(reversed(models))
         for name in order:
             t = time.perf_counter()
-            out = models[name](idx, targets)
+            out = models[name](idx, targets, prompt_targets=prompt)
             optims[name].zero_grad()
             out.loss.backward()
             optims[name].step()

@@ -26,14 +26,14 @@ import tasks
 from model import ANIRA, ROUTERS, ModelConfig
 
 # -----------------------------------------------------------------------------
-# defaults: a small model that trains on dfs in about 14 minutes on a 2-core
-# CPU (3600 steps at ~0.24 s; `python bench.py speed` measures your machine)
+# defaults: a small model that trains on dfs in about 13 minutes on a 2-core
+# CPU (3000 steps at ~0.25 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False,
     ponder=0.01, halt_warmup=500, curriculum=0, no_prompt_loss=False,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
-    max_iters=3600, max_minutes=0, eval_every=250, eval_num=256,
+    max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", out=None, resume=False,
 )
 

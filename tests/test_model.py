@@ -426,6 +426,26 @@ def test_target_depth_and_router_gradient(router):
     assert after > before
 
 
+@pytest.mark.parametrize("router", ["none", "online"])
+def test_prompt_loss_adds_the_prompt_cross_entropy(router):
+    """With prompt_targets the loss gains the mean next-token cross-entropy of
+    the prompt at max_depth, and its gradient reaches the shared block."""
+    m = perturb(make(router, seed=13)).train()
+    exs, idx, targets = dfs_batch(13)
+    prompt = torch.from_numpy(tasks.prompt_targets(idx.numpy(), targets.numpy()))
+    plain = m(idx, targets, route=False)
+    out = m(idx, targets, route=False, prompt_targets=prompt)
+    in_prompt = prompt != -1
+    assert in_prompt.sum() == sum(len(ex.prompt) - 1 for ex in exs)
+    assert (out.depth[in_prompt] == m.cfg.max_depth).all()
+    expected = F.cross_entropy(out.logits[in_prompt], prompt[in_prompt])
+    assert out.parts["prompt"] == pytest.approx(expected.item(), abs=1e-5)
+    assert out.loss.item() == pytest.approx(plain.loss.item() + expected.item(), abs=1e-4)
+    m.zero_grad()
+    (out.loss - plain.loss).backward()
+    assert m.core[0].mlp[0].weight.grad.abs().sum() > 0
+
+
 def test_lm_trained_at_every_depth_when_router_halts_at_one():
     torch.manual_seed(12)
     D = 4

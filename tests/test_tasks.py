@@ -569,6 +569,20 @@ def test_make_batch(task):
             assert arr[mask].tolist() == [float(fd[f]) for fd in ex.features], f
 
 
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_prompt_targets(task):
+    """The prompt's own next tokens, up to <sep>; nothing on the answer or padding."""
+    exs = [tasks.make_example(task, random.Random(12), n) for n in (3, 7, 5)]
+    idx, targets, _ = tasks.make_batch(exs)
+    prompt = tasks.prompt_targets(idx, targets)
+    assert prompt.shape == idx.shape and prompt.dtype == np.int64
+    for b, ex in enumerate(exs):
+        P = len(ex.prompt)
+        assert prompt[b, :P - 1].tolist() == tasks.encode(ex.prompt[1:])  # ends with <sep>
+        assert (prompt[b, P - 1:] == -1).all()
+    assert ((prompt != -1) & (targets != -1)).sum() == 0
+
+
 def test_make_batch_single_example():
     ex = tasks.make_example("dfs", random.Random(2), 4)
     idx, targets, features = tasks.make_batch([ex])
