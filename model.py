@@ -47,6 +47,9 @@ them. So here the two are decoupled:
      cross-entropy at depth d (detached). The router is trained to put its
      halting distribution on d*:  L_halt = -log p(d*). Tokens whose loss keeps
      falling with depth get a deeper target; easy tokens a shallow one.
+  3. The prompt is trained too, as plain language modelling at max_depth (its
+     tokens never halt): learning to predict the sorted adjacency lists makes
+     dfs learn much faster (train.py's --no-prompt-loss turns it off).
 The router reads detached representations, so halting never shapes them.
 """
 import math
