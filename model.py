@@ -64,7 +64,7 @@ ROUTERS = ("none", "early", "online")
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 51
+    vocab_size: int = 35      # len(tasks.VOCAB)
     d_model: int = 128
     n_heads: int = 4
     n_prelude: int = 1

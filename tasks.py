@@ -18,8 +18,8 @@ Three tasks, each with explicit difficulty parameters:
   lang  variable bindings, then queries resolved through chains of `hops`.
         prompt:  3 = C ; 8 = 3 ; 5 = A ; <sep>  target: 8 -> C ; 5 -> A ; <end>
 
-Node and variable names are random labels out of N_LABELS (more than any
-size used), so a larger test graph needs no new tokens.
+Node and variable names are random labels out of N_LABELS (twice the largest
+training size), so a larger test graph needs no new tokens.
 
     python tasks.py --task dfs --n 6 --num 2      # readable examples
     python tasks.py --task topo --n 5 --json      # one JSON object per line
@@ -35,7 +35,8 @@ import numpy as np
 
 TASKS = ("dfs", "topo", "lang")
 # node / variable labels "0".."15": twice the largest default training size,
-# so sizes up to 16 can be tested out of distribution. Fewer labels learn
+# so graphs up to 16 nodes can be tested out of distribution (lang, which also
+# needs n // 2 distractor names, up to 11 variables). Fewer labels learn
 # faster (each label's embedding and its order among the others are seen more
 # often): dfs online reached 88.3% exact-match at step 2000 with 16 labels
 # against 69.5% with 32 (see README, "What was tried").
@@ -420,7 +421,8 @@ def make_batch(examples):
 
 def prompt_targets(idx, targets):
     """Next-token ids at the prompt's positions, -1 at the answer and padding:
-    the targets of train.py's language-model loss on the prompt."""
+    the targets of train.py's language-model loss on the prompt. (Padding is
+    found as PAD tokens, which never occur inside an example.)"""
     following = np.full_like(idx, -1)
     following[:, :-1] = idx[:, 1:]
     return np.where((targets == -1) & (following != PAD), following, -1)

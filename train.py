@@ -108,7 +108,9 @@ def main(argv=None):
                 group["lr"] = lr
             batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size)
             idx, targets = tasks.make_batch(batch)[:2]
-            prompt = None if args.no_prompt_loss else torch.from_numpy(tasks.prompt_targets(idx, targets)).to(device)
+            prompt = None
+            if not args.no_prompt_loss:
+                prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)).to(device)
             idx, targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
             with autocast(device):
                 out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder,
@@ -259,8 +261,12 @@ def load_checkpoint(path, args=None):
         fail(f"{path} is not a readable checkpoint ({type(e).__name__})")
     if not isinstance(ckpt, dict) or not {"model", "model_config", "config", "step"} <= ckpt.keys():
         fail(f"{path} is not a checkpoint written by train.py")
+    if ckpt["model_config"].get("vocab_size") != len(tasks.VOCAB):  # e.g. from before N_LABELS = 16
+        fail(f"{path} was trained with a vocabulary of {ckpt['model_config'].get('vocab_size')} tokens; "
+             f"tasks.py now has {len(tasks.VOCAB)}")
     if args is not None:
-        for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share"):
+        for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share",
+                    "no_prompt_loss"):
             if ckpt["config"].get(key) != getattr(args, key):
                 fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key)!r}, "
                      f"this run asks for {getattr(args, key)!r}")

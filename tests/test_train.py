@@ -363,7 +363,11 @@ def test_load_checkpoint_rejects_bad_files(early_ckpt_dir, tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, foreign)
     not_a_dict = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_a_dict)
-    for path in (garbage, truncated, foreign, not_a_dict, tmp_path / "missing.pt"):
+    other_vocab = tmp_path / "other_vocab.pt"  # e.g. trained before N_LABELS changed
+    ckpt = torch.load(early_ckpt_dir / "ckpt.pt", weights_only=False)
+    ckpt["model_config"]["vocab_size"] = len(tasks.VOCAB) + 16
+    torch.save(ckpt, other_vocab)
+    for path in (garbage, truncated, foreign, not_a_dict, other_vocab, tmp_path / "missing.pt"):
         with pytest.raises(SystemExit) as e:
             train.load_checkpoint(str(path))
         assert_one_error_line(e.value.code, capsys.readouterr().err)
