@@ -344,6 +344,9 @@ def parse_args(argv):
     for name in ("d_model", "n_heads", "max_depth", "batch_size", "max_iters", "eval_every", "eval_num"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("curriculum", "halt_warmup", "warmup", "max_minutes"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
         fail("--d-model must be a multiple of --n-heads with an even head size")
     args.size_range = parse_size_range(args.sizes, args.task)

@@ -321,6 +321,8 @@ def early_ckpt_dir(tmp_path_factory):
     ["--sizes", "4-5-6"],
     ["--no-share", "--router", "online"],
     ["--d-model", "30"],
+    ["--curriculum", "-5"],
+    ["--halt-warmup", "-1"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments(args, tmp_path, capsys):
     torch.manual_seed(0)
