@@ -53,7 +53,9 @@ def main(argv=None):
     features = tasks.FEATURES[task]
     summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
                "ckpt": args.ckpt, "step": ckpt["step"], "sizes": []}
-    print(f"\n{'n':>4} {'':4} {'token acc':>9} {'exact':>7} {'mean depth':>10}")
+    references = "kind" in features  # lang: exact-match is 0 by design, so also reference accuracy
+    print(f"\n{'n':>4} {'':4} {'token acc':>9} {'exact':>7} {'mean depth':>10}"
+          + (f" {'reference acc':>13}" if references else ""))
     sample = 0
     with open(os.path.join(out_dir, "tokens.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -61,22 +63,27 @@ def main(argv=None):
         for n in range(sizes[0], sizes[1] + 1):
             rng = random.Random(args.seed * 1000 + n)
             examples = [tasks.make_example(task, rng, n) for _ in range(args.num)]
-            correct, depth, exact = [], [], []
+            correct, depth, exact, reference = [], [], [], []
             for rows in token_rows(model, examples, args.batch_size, device):
                 for pos, (target, pred, ok, d, feats) in enumerate(rows):
                     writer.writerow([task, router, sample, n, pos, target, pred, int(ok), d]
                                     + [feats[k] for k in features])
                     correct.append(ok)
                     depth.append(d)
+                    if references and feats["kind"] == tasks.REFERENCE:
+                        reference.append(ok)
                 exact.append(all(r[2] for r in rows))
                 sample += 1
             ood = not train_sizes[0] <= n <= train_sizes[1]
             row = {"n": n, "ood": ood, "token_acc": round(float(np.mean(correct)), 4),
                    "exact_match": round(float(np.mean(exact)), 4),
                    "mean_depth": round(float(np.mean(depth)), 3), "num": len(examples)}
+            if references:
+                row["reference_acc"] = round(float(np.mean(reference)), 4)
             summary["sizes"].append(row)
             print(f"{n:>4} {'OOD' if ood else '':4} {row['token_acc']:>9.3f} "
-                  f"{row['exact_match']:>7.3f} {row['mean_depth']:>10.2f}", flush=True)
+                  f"{row['exact_match']:>7.3f} {row['mean_depth']:>10.2f}"
+                  + (f" {row['reference_acc']:>13.3f}" if references else ""), flush=True)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nwrote {os.path.join(out_dir, 'tokens.csv')} and summary.json")

@@ -1,7 +1,7 @@
 """
 ANIRA: a causal recurrent Transformer in which every token runs its own depth.
 
-    tokens -> embedding -> prelude (n_prelude blocks) -> h0
+    tokens -> embedding (+ the previous tokens') -> prelude (n_prelude blocks) -> h0
            -> one shared block, iterated: token i runs d_i iterations (1..max_depth)
            -> final norm -> LM head
 
@@ -47,9 +47,8 @@ them. So here the two are decoupled:
      cross-entropy at depth d (detached). The router is trained to put its
      halting distribution on d*:  L_halt = -log p(d*). Tokens whose loss keeps
      falling with depth get a deeper target; easy tokens a shallow one.
-  3. The prompt is trained too, as plain language modelling at max_depth (its
-     tokens never halt): learning to predict the sorted adjacency lists makes
-     dfs learn much faster (train.py's --no-prompt-loss turns it off).
+  3. Optionally (train.py --prompt-loss) the prompt is trained too, as plain
+     language modelling at max_depth (its tokens never halt).
 The router reads detached representations, so halting never shapes them.
 """
 import math
@@ -72,6 +71,7 @@ class ModelConfig:
     router: str = "online"   # none | early | online
     share: bool = True       # False: max_depth unshared blocks (router none only)
     reinject: bool = False   # add h0 to the state before every iteration
+    token_shift: int = 2     # inputs also see the previous token_shift tokens (0: off)
     halt_threshold: float = 0.5
 
 
@@ -96,6 +96,7 @@ class ANIRA(nn.Module):
         self.cfg = cfg
         C, D = cfg.d_model, cfg.max_depth
         self.embed = nn.Embedding(cfg.vocab_size, C)
+        self.shift_embed = nn.ModuleList(nn.Embedding(cfg.vocab_size, C) for _ in range(cfg.token_shift))
         self.prelude = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(cfg.n_prelude))
         self.core = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(1 if cfg.share else D))
         self.depth_embed = nn.Parameter(torch.randn(D, C) * 0.02)
@@ -137,7 +138,7 @@ class ANIRA(nn.Module):
         adaptive = adaptive & route & (cfg.router != "none")
         training = targets is not None
 
-        x = self.embed(idx)
+        x = self.embed_tokens(idx, cache)
         for i, block in enumerate(self.prelude):
             x = block(x, x, rope, cache and cache.layer(("prelude", i)))
         h0 = x
@@ -183,6 +184,27 @@ class ANIRA(nn.Module):
         if training:
             out.loss, out.parts = self.loss(out, targets, ponder, prompt_targets)
         return out
+
+    def embed_tokens(self, idx, cache=None):
+        """Token embeddings plus the token shift: every token also sees the ids
+        of the K = token_shift tokens before it (id 0, <pad>, before the
+        first), each offset through its own embedding table: a short causal
+        convolution over the input, as in the associative-recall studies
+        (Zoology, Based). A lookup ("the value bound to c": c = 3 ... c -> ?)
+        needs the key beside its value. Without the shift, previous-token
+        heads must form first, and until they do no gradient rewards the
+        lookup (the induction-head plateau): lang was never learned."""
+        x = self.embed(idx)
+        K, T = self.cfg.token_shift, idx.shape[1]
+        if not K:
+            return x
+        before = cache.recent if cache is not None and cache.length else idx.new_zeros(idx.shape[0], K)
+        padded = torch.cat([before, idx], 1)
+        for j, embed in enumerate(self.shift_embed, 1):  # j tokens back
+            x = x + embed(padded[:, K - j:K - j + T])
+        if cache is not None:
+            cache.recent = padded[:, -K:]
+        return x
 
     def loss(self, out, targets, ponder, prompt_targets=None):
         """Deep-supervised LM loss plus the router's loss (see the module docstring).
@@ -302,10 +324,11 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values per layer: ("prelude", i) or ("core", iteration k)."""
+    """Keys and values per layer: ("prelude", i) or ("core", iteration k), and
+    the last tokens seen (for the next tokens' token shift)."""
 
     def __init__(self):
-        self.store, self.length = {}, 0
+        self.store, self.length, self.recent = {}, 0, None
 
     def layer(self, name):
         return _LayerCache(self.store, name)

@@ -30,8 +30,8 @@ from model import ANIRA, ROUTERS, ModelConfig
 # CPU (3000 steps at ~0.25 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
-    d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False,
-    ponder=0.01, halt_warmup=500, curriculum=0, no_prompt_loss=False,
+    d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False, token_shift=2,
+    ponder=0.01, halt_warmup=500, curriculum=0, prompt_loss=False,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", out=None, resume=False,
@@ -46,7 +46,8 @@ def main(argv=None):
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     cfg = ModelConfig(vocab_size=len(tasks.VOCAB), d_model=args.d_model, n_heads=args.n_heads,
                       n_prelude=args.n_prelude, max_depth=args.max_depth, router=args.router,
-                      share=not args.no_share, reinject=args.reinject)
+                      share=not args.no_share, reinject=args.reinject,
+                      token_shift=args.token_shift)
     model = ANIRA(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.95))
@@ -109,7 +110,7 @@ def main(argv=None):
             batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size)
             idx, targets = tasks.make_batch(batch)[:2]
             prompt = None
-            if not args.no_prompt_loss:
+            if args.prompt_loss:
                 prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)).to(device)
             idx, targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
             with autocast(device):
@@ -150,7 +151,7 @@ def evaluate_held_out(model, examples, args, device, route=True):
     forward with a cache, and a test checks that the two agree).
     """
     model.eval()
-    correct, depth, backtrack, exact, losses = [], [], [], [], []
+    correct, depth, backtrack, kind, exact, losses = [], [], [], [], [], []
     for i in range(0, len(examples), 128):
         chunk = examples[i:i + 128]
         idx, targets, feats = tasks.make_batch(chunk)
@@ -165,6 +166,8 @@ def evaluate_held_out(model, examples, args, device, route=True):
         depth.append(out.depth[mask].cpu().numpy())
         if "backtrack" in feats:
             backtrack.append(feats["backtrack"][targets != -1])
+        if "kind" in feats:
+            kind.append(feats["kind"][targets != -1])
     model.train()
     depth, correct = np.concatenate(depth), np.concatenate(correct)
     stats = {"loss": round(float(np.mean(losses)), 4), "token_acc": round(float(correct.mean()), 4),
@@ -174,6 +177,9 @@ def evaluate_held_out(model, examples, args, device, route=True):
         bt = np.concatenate(backtrack)
         for name, sel in (("depth_backtrack0", bt == 0), ("depth_backtrack1+", bt > 0)):
             stats[name] = round(float(depth[sel].mean()), 3) if sel.any() else None
+    if kind:  # lang: exact-match is 0 by design (the queried variable is random)
+        ref = np.concatenate(kind) == tasks.REFERENCE
+        stats["reference_acc"] = round(float(correct[ref].mean()), 4)
     return stats
 
 
@@ -202,11 +208,12 @@ def report(stats, args, elapsed):
     left = remaining_seconds(stats["step"], elapsed, args)
     left = f"~{left / 60:.1f} min left" if left is not None else "time left not known yet"
     extra = f" | {stats['tokens_per_s']} tok/s" if stats.get("tokens_per_s") else ""
-    bt = (f" (backtrack 0: {stats['depth_backtrack0']}, 1+: {stats['depth_backtrack1+']})"
-          if "depth_backtrack0" in stats else "")
+    per_task = (f" (backtrack 0: {stats['depth_backtrack0']}, 1+: {stats['depth_backtrack1+']})"
+                if "depth_backtrack0" in stats else "")
+    per_task += f" | reference acc {stats['reference_acc']:.3f}" if "reference_acc" in stats else ""
     print(f"step {stats['step']:5d} | loss {stats['loss']:.3f} | token acc {stats['token_acc']:.3f} | "
           f"exact {stats['exact_match']:.3f} | depth {stats['mean_depth']:.2f} +- {stats['std_depth']:.2f}"
-          f"{bt}{extra} | {elapsed / 60:.1f} min, {left}", flush=True)
+          f"{per_task}{extra} | {elapsed / 60:.1f} min, {left}", flush=True)
 
 
 def learning_rate(step, elapsed, args):
@@ -264,9 +271,11 @@ def load_checkpoint(path, args=None):
     if ckpt["model_config"].get("vocab_size") != len(tasks.VOCAB):  # e.g. from before N_LABELS = 16
         fail(f"{path} was trained with a vocabulary of {ckpt['model_config'].get('vocab_size')} tokens; "
              f"tasks.py now has {len(tasks.VOCAB)}")
+    if ckpt["model_config"].keys() != vars(ModelConfig()).keys():  # e.g. from before token_shift
+        fail(f"{path} was written by another version of model.py; train it again")
     if args is not None:
         for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share",
-                    "no_prompt_loss"):
+                    "reinject", "token_shift", "prompt_loss"):
             if ckpt["config"].get(key) != getattr(args, key):
                 fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key)!r}, "
                      f"this run asks for {getattr(args, key)!r}")
@@ -308,6 +317,8 @@ def parse_args(argv):
     p.add_argument("--no-share", action="store_true",
                    help="standard Transformer: max_depth unshared blocks (router none)")
     p.add_argument("--reinject", action="store_true", help="add the prelude output h0 before every iteration")
+    p.add_argument("--token-shift", type=int, default=d["token_shift"],
+                   help="each input also sees this many previous tokens (0: off)")
     p.add_argument("--ponder", type=float, default=d["ponder"],
                    help="compute cost in nats per iteration: a token's target depth is "
                         "argmin_d CE_d + ponder * (d - 1)")
@@ -315,9 +326,8 @@ def parse_args(argv):
                    help="steps at full depth before halting is switched on")
     p.add_argument("--curriculum", type=int, default=d["curriculum"],
                    help="steps over which the largest training size grows to the top of --sizes (0: none)")
-    p.add_argument("--no-prompt-loss", action="store_true",
-                   help="train on the answer only (default: also predict the prompt's tokens, "
-                        "which learns dfs faster)")
+    p.add_argument("--prompt-loss", action="store_true",
+                   help="also predict the prompt's tokens (default: the answer only)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--min-lr", type=float, default=d["min_lr"])
@@ -344,7 +354,7 @@ def parse_args(argv):
     for name in ("d_model", "n_heads", "max_depth", "batch_size", "max_iters", "eval_every", "eval_num"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("curriculum", "halt_warmup", "warmup", "max_minutes"):
+    for name in ("token_shift", "curriculum", "halt_warmup", "warmup", "max_minutes"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:

@@ -138,6 +138,21 @@ def test_tokens_csv_and_summary(evaluated, task, router):
         assert s["token_acc"] == pytest.approx(np.mean([r["correct"] == "1" for r in size_rows]), abs=1e-4)
         assert s["mean_depth"] == pytest.approx(np.mean([int(r["depth"]) for r in size_rows]), abs=1e-3)
         assert 1 <= s["mean_depth"] <= D
+        if task == "lang":  # exact-match is 0 by design: the accuracy on references
+            refs = [r["correct"] == "1" for r in size_rows if int(float(r["kind"])) == tasks.REFERENCE]
+            assert s["reference_acc"] == pytest.approx(np.mean(refs), abs=1e-4)
+        else:
+            assert "reference_acc" not in s
+
+
+@pytest.mark.parametrize("task", [t for t, _ in TASKS])
+def test_train_logs_reference_accuracy_for_lang_only(evaluated, task):
+    log = evaluated[task][0].parent / "log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    for r in rows:
+        assert ("reference_acc" in r) == (task == "lang")
+        if task == "lang":
+            assert 0 <= r["reference_acc"] <= 1
 
 
 @pytest.mark.parametrize("task", [t for t, _ in TASKS])

@@ -114,6 +114,26 @@ def test_causality_eval_and_training(router, share, reinject):
         assert len(torch.unique(a.depth[targets != -1])) >= 2
 
 
+@pytest.mark.parametrize("K", [0, 1, 2, 3])
+def test_token_shift_sees_exactly_the_k_previous_tokens(K):
+    torch.manual_seed(0)
+    m = perturb(ANIRA(ModelConfig(vocab_size=V, d_model=32, n_heads=2, max_depth=2, token_shift=K)))
+    idx = torch.randint(1, V, (2, 10))
+    whole = m.embed_tokens(idx)
+    t = 7
+    for back in range(6):
+        other = idx.clone()
+        other[:, t - back] = idx[:, t - back] % (V - 1) + 1  # another token id
+        changed = (m.embed_tokens(other)[:, t] - whole[:, t]).abs().amax() > 0
+        assert bool(changed) == (back <= K), (K, back)
+    # in chunks with a cache (as generate() feeds it), the same inputs
+    cache, pieces = KVCache(), []
+    for lo, hi in ((0, 4), (4, 5), (5, 6), (6, 10)):
+        pieces.append(m.embed_tokens(idx[:, lo:hi], cache))
+        cache.length = hi
+    torch.testing.assert_close(torch.cat(pieces, 1), whole)
+
+
 # -----------------------------------------------------------------------------
 # depths and frozen halted tokens
 

@@ -369,7 +369,11 @@ def test_load_checkpoint_rejects_bad_files(early_ckpt_dir, tmp_path, capsys):
     ckpt = torch.load(early_ckpt_dir / "ckpt.pt", weights_only=False)
     ckpt["model_config"]["vocab_size"] = len(tasks.VOCAB) + 16
     torch.save(ckpt, other_vocab)
-    for path in (garbage, truncated, foreign, not_a_dict, other_vocab, tmp_path / "missing.pt"):
+    older_model = tmp_path / "older_model.pt"  # e.g. trained before token_shift existed
+    ckpt = torch.load(early_ckpt_dir / "ckpt.pt", weights_only=False)
+    del ckpt["model_config"]["token_shift"]
+    torch.save(ckpt, older_model)
+    for path in (garbage, truncated, foreign, not_a_dict, other_vocab, older_model, tmp_path / "missing.pt"):
         with pytest.raises(SystemExit) as e:
             train.load_checkpoint(str(path))
         assert_one_error_line(e.value.code, capsys.readouterr().err)
