@@ -36,7 +36,6 @@ def main(argv=None):
     s.add_argument("--max-depth", type=int, default=4)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--rounds", type=int, default=15)
-    s.add_argument("--prompt-loss", action="store_true", help="as train.py --prompt-loss")
     d = sub.add_parser("data", help="examples per second of each task generator")
     d.add_argument("--num", type=int, default=5000)
     c = sub.add_parser("check", help="check a finished run against the quality bars")
@@ -63,7 +62,7 @@ def speed(args):
     for r in range(args.rounds + 2):  # the first two rounds warm up
         n = rng.randint(*tasks.DEFAULT_SIZES[args.task])  # one size per batch, as in train.py
         idx, targets, _ = tasks.make_batch(tasks.sample_examples(args.task, rng, (n, n), args.batch_size))
-        prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)) if args.prompt_loss else None
+        prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)) if tasks.PROMPT_LOSS[args.task] else None
         idx, targets = torch.from_numpy(idx), torch.from_numpy(targets)
         order = list(models) if r % 2 == 0 else list(reversed(models))
         for name in order:

@@ -47,8 +47,9 @@ them. So here the two are decoupled:
      cross-entropy at depth d (detached). The router is trained to put its
      halting distribution on d*:  L_halt = -log p(d*). Tokens whose loss keeps
      falling with depth get a deeper target; easy tokens a shallow one.
-  3. Optionally (train.py --prompt-loss) the prompt is trained too, as plain
-     language modelling at max_depth (its tokens never halt).
+  3. On dfs and topo the prompt is trained too, as plain language modelling
+     at max_depth (its tokens never halt): train.py --prompt-loss, whose
+     default per task is tasks.PROMPT_LOSS.
 The router reads detached representations, so halting never shapes them.
 """
 import math

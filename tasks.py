@@ -61,6 +61,13 @@ FEATURES = {
 # lang token kinds, the integer values of the `kind` feature
 FILLER, RANDOM, REFERENCE = 0, 1, 2
 DEFAULT_SIZES = {"dfs": (4, 8), "topo": (4, 8), "lang": (4, 8)}
+# Whether train.py also trains the prompt as a language model (its default
+# for --prompt-loss). A dfs prompt, sorted adjacency lists, holds what the
+# traversal looks up (which nodes are neighbours, the order of labels), and
+# predicting it makes dfs learn faster; topo's edge lists likewise. A lang
+# prompt is random bindings by construction: predicting it teaches nothing,
+# and it kept lang from learning the lookup at all (README, Results).
+PROMPT_LOSS = {"dfs": True, "topo": True, "lang": False}
 
 
 @dataclass

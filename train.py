@@ -31,7 +31,7 @@ from model import ANIRA, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False, token_shift=2,
-    ponder=0.01, halt_warmup=500, curriculum=0, prompt_loss=False,
+    ponder=0.01, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", out=None, resume=False,
@@ -326,8 +326,9 @@ def parse_args(argv):
                    help="steps at full depth before halting is switched on")
     p.add_argument("--curriculum", type=int, default=d["curriculum"],
                    help="steps over which the largest training size grows to the top of --sizes (0: none)")
-    p.add_argument("--prompt-loss", action="store_true",
-                   help="also predict the prompt's tokens (default: the answer only)")
+    p.add_argument("--prompt-loss", choices=("on", "off"), default=d["prompt_loss"],
+                   help="also predict the prompt's tokens (default: on for dfs and topo, "
+                        "off for lang, whose prompt is random: tasks.PROMPT_LOSS)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--min-lr", type=float, default=d["min_lr"])
@@ -360,6 +361,7 @@ def parse_args(argv):
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
         fail("--d-model must be a multiple of --n-heads with an even head size")
     args.size_range = parse_size_range(args.sizes, args.task)
+    args.prompt_loss = tasks.PROMPT_LOSS[args.task] if args.prompt_loss is None else args.prompt_loss == "on"
     return args
 
 

@@ -107,6 +107,14 @@ def test_short_run_writes_outputs(run_a):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_prompt_loss_default_follows_the_task():
+    for task in tasks.TASKS:
+        assert train.parse_args(["--task", task]).prompt_loss == tasks.PROMPT_LOSS[task]
+        assert train.parse_args(["--task", task, "--prompt-loss", "on"]).prompt_loss is True
+        assert train.parse_args(["--task", task, "--prompt-loss", "off"]).prompt_loss is False
+    assert tasks.PROMPT_LOSS == {"dfs": True, "topo": True, "lang": False}
+
+
 def test_help():
     torch.manual_seed(0)
     for res in run_all([("train.py", "--help"), ("evaluate.py", "--help"), ("tasks.py", "--help")]):
