@@ -39,7 +39,7 @@ TASKS = ("dfs", "topo", "lang")
 # needs n // 2 distractor names, up to 11 variables). Fewer labels learn
 # faster (each label's embedding and its order among the others are seen more
 # often): dfs online reached 88.3% exact-match at step 2000 with 16 labels
-# against 69.5% with 32 (README, "What made dfs learnable in minutes").
+# against 69.5% with 32 (README, "What made the tasks learnable in minutes").
 N_LABELS = 16
 N_VALUES = 10  # lang values "A".."J"
 SPECIALS = ["<pad>", "<sep>", "<end>", ":", ";", ">", "=", "->", "start"]
@@ -64,9 +64,10 @@ DEFAULT_SIZES = {"dfs": (4, 8), "topo": (4, 8), "lang": (4, 8)}
 # Whether train.py also trains the prompt as a language model (its default
 # for --prompt-loss). A dfs prompt, sorted adjacency lists, holds what the
 # traversal looks up (which nodes are neighbours, the order of labels), and
-# predicting it makes dfs learn faster; topo's edge lists likewise. A lang
-# prompt is random bindings by construction: predicting it teaches nothing,
-# and it kept lang from learning the lookup at all (README, Results).
+# predicting it makes dfs learn faster (topo keeps it too; it is not measured
+# without it). A lang prompt is random bindings by construction: predicting it teaches nothing,
+# and it kept lang from learning the lookup at all (README, "What made the
+# tasks learnable in minutes").
 PROMPT_LOSS = {"dfs": True, "topo": True, "lang": False}
 
 
