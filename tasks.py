@@ -64,10 +64,10 @@ DEFAULT_SIZES = {"dfs": (4, 8), "topo": (4, 8), "lang": (4, 8)}
 # Whether train.py also trains the prompt as a language model (its default
 # for --prompt-loss). A dfs prompt, sorted adjacency lists, holds what the
 # traversal looks up (which nodes are neighbours, the order of labels), and
-# predicting it makes dfs learn faster (topo keeps it too; it is not measured
-# without it). A lang prompt is random bindings by construction: predicting it teaches nothing,
-# and it kept lang from learning the lookup at all (README, "What made the
-# tasks learnable in minutes").
+# predicting it makes dfs learn faster; topo keeps it too (not measured
+# without). A lang prompt is random bindings by construction: predicting it
+# teaches nothing, and it kept lang from learning the lookup at all (README,
+# "What made the tasks learnable in minutes").
 PROMPT_LOSS = {"dfs": True, "topo": True, "lang": False}
 
 

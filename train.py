@@ -26,8 +26,8 @@ import tasks
 from model import ANIRA, ROUTERS, ModelConfig
 
 # -----------------------------------------------------------------------------
-# defaults: a small model that trains on dfs in about 13 minutes on a 2-core
-# CPU (3000 steps at ~0.25 s; `python bench.py speed` measures your machine)
+# defaults: a small model that trains on dfs in about 11 minutes on a 2-core
+# CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False, token_shift=2,
