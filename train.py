@@ -82,6 +82,7 @@ def main(argv=None):
     t0 = t_mark = time.time() - elapsed
     first_step = step
     tokens_seen = 0
+    train_parts = {}  # the training loss terms since the last evaluation
     # Ctrl-C asks the loop to stop between two steps, never inside an update;
     # a second Ctrl-C stops at once (the last checkpoint on disk stays whole)
     interrupted = []
@@ -98,12 +99,12 @@ def main(argv=None):
                 check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
                 stats.update(step=step, minutes=round(elapsed / 60, 2),
                              tokens_per_s=round(tokens_seen / max(1e-9, time.time() - t_mark))
-                             if step else None)
+                             if step else None, **mean_parts(train_parts))
                 report(stats, args, elapsed)
                 log.write(json.dumps(stats) + "\n")
                 log.flush()
                 save()
-                t_mark, tokens_seen = time.time(), 0
+                t_mark, tokens_seen, train_parts = time.time(), 0, {}
             lr = learning_rate(step, elapsed, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -117,6 +118,8 @@ def main(argv=None):
                 out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder,
                             prompt_targets=prompt)
             check_finite(out.loss.item(), step, ckpt_path)
+            for name, value in out.parts.items():
+                train_parts.setdefault(name, []).append(value)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -129,7 +132,7 @@ def main(argv=None):
         else:
             stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
             check_finite(stats["loss"], step, ckpt_path)
-            stats.update(step=step, minutes=round(elapsed / 60, 2))
+            stats.update(step=step, minutes=round(elapsed / 60, 2), **mean_parts(train_parts))
             report(stats, args, elapsed)
             log.write(json.dumps(stats) + "\n")
     finally:
@@ -181,6 +184,13 @@ def evaluate_held_out(model, examples, args, device, route=True):
         ref = np.concatenate(kind) == tasks.REFERENCE
         stats["reference_acc"] = round(float(correct[ref].mean()), 4)
     return stats
+
+
+def mean_parts(parts):
+    """Training loss terms averaged since the last evaluation, for log.jsonl:
+    train_lm, train_prompt, and for an adaptive router train_halt (the
+    router's loss) and train_target_depth (the mean d* it is trained towards)."""
+    return {f"train_{name}": round(float(np.mean(values)), 4) for name, values in parts.items()}
 
 
 def size_range_for_step(step, rng, args):
@@ -355,7 +365,7 @@ def parse_args(argv):
     for name in ("d_model", "n_heads", "max_depth", "batch_size", "max_iters", "eval_every", "eval_num"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("token_shift", "curriculum", "halt_warmup", "warmup", "max_minutes"):
+    for name in ("ponder", "token_shift", "curriculum", "halt_warmup", "warmup", "max_minutes"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:

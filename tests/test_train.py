@@ -93,6 +93,11 @@ def test_short_run_writes_outputs(run_a):
         assert 0 <= r["token_acc"] <= 1 and 0 <= r["exact_match"] <= 1
         assert 1 <= r["mean_depth"] <= 3 and r["std_depth"] >= 0
         assert r["loss"] > 0
+    # the training loss terms averaged since the previous evaluation (none before step 0)
+    assert not any(k.startswith("train_") for k in rows[0])
+    for r in rows[1:]:
+        assert {"train_lm", "train_halt", "train_prompt", "train_target_depth"} <= r.keys(), r
+        assert r["train_lm"] > 0 and r["train_halt"] >= 0 and 1 <= r["train_target_depth"] <= 3
 
     config = json.loads((out / "config.json").read_text())
     assert config["task"] == "dfs" and config["router"] == "online"
@@ -331,6 +336,7 @@ def early_ckpt_dir(tmp_path_factory):
     ["--d-model", "30"],
     ["--curriculum", "-5"],
     ["--halt-warmup", "-1"],
+    ["--ponder", "-0.1"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments(args, tmp_path, capsys):
     torch.manual_seed(0)
