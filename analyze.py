@@ -5,7 +5,7 @@ records that evaluate.py writes.
 $ python analyze.py out/dfs-early/tokens.csv out/dfs-online/tokens.csv --plots
 
 Input: tokens.csv, one row per target token with the columns
-task,router,sample,n,pos,target,pred,correct,depth and then the task's
+task,router,sample,n,pos,target,pred,correct,depth_needed,depth and then the task's
 ground-truth features (every column after `depth`); and summary.json beside
 it, when present, for the accuracy-by-size table. Output: Markdown tables on
 stdout and in report.md, every number in --json, figures with --plots.
@@ -17,6 +17,11 @@ The three questions of the study, and the statistics that answer them:
      ranks) and Pearson r (linear) of depth with every feature.
    - The depth histogram, and mean depth per value of the task's main
      difficulty feature (backtrack for dfs, ready for topo, hops for lang).
+   - Depth run against depth needed (column depth_needed: the smallest depth
+     from which the token's counterfactual exits are all right): the model's
+     own measure of a token's difficulty. Tokens halted too early (wrong at
+     their depth, right deeper) are lost accuracy; tokens run past the depth
+     they needed are wasted compute.
 2. Generalization: token accuracy, exact match and mean depth per input size,
    sizes outside the training range marked OOD. The paper: models spend more
    depth on larger inputs, and it does not buy extrapolation.
@@ -164,8 +169,30 @@ def analyze(d):
         "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"]) for f in shown},
         "depth_by_n": by_value(d["n"], y, d["correct"]),
         "by_size": by_size, "by_size_source": source, "train_sizes": train_sizes,
+        "depth_vs_needed": depth_vs_needed(y, d["needed"], d["correct"]),
         "notes": notes,
     }
+
+
+def depth_vs_needed(depth, needed, correct):
+    """Did the router stop where the token became right? None without the
+    column (or for router none, whose column is blank)."""
+    if needed is None or correct is None or np.isnan(needed).all():
+        return None
+    known = ~np.isnan(needed)
+    too_early = known & (depth < needed) & (correct == 0)
+    rows = by_value(needed[known], depth[known], correct[known])
+    never = ~known
+    rows.append({"value": "never", "tokens": int(never.sum()),
+                 "mean_depth": float(depth[never].mean()) if never.any() else math.nan,
+                 "token_acc": float(correct[never].mean()) if never.any() else math.nan})
+    return {"halted_too_early": float(too_early.mean()),  # wrong, and a deeper exit was right
+            "ran_past_needed": float((known & (depth > needed)).mean()),
+            "stopped_at_needed": float((known & (depth == needed)).mean()),
+            "never_right": float(never.mean()),
+            "extra_iterations": float((depth[known] - needed[known]).clip(0).mean()) if known.any() else math.nan,
+            "spearman": corr(rankdata(depth[known]), rankdata(needed[known])) if known.sum() > 1 else math.nan,
+            "by_needed": rows}
 
 
 def ols(X, y):
@@ -280,6 +307,9 @@ def load_csv(path):
         "X": np.column_stack([numeric(path, f, column[f]) for f in features]),
         "n": numeric(path, "n", column["n"]), "depth": numeric(path, "depth", column["depth"]),
         "correct": numeric(path, "correct", column["correct"]) if "correct" in column else None,
+        # blank: no depth gets the token right (or router none): NaN
+        "needed": numeric(path, "depth_needed", [v or "nan" for v in column["depth_needed"]], blank_ok=True)
+        if "depth_needed" in column else None,
         "sample": np.array(column["sample"]) if "sample" in column else None,
         "summary": read_summary(summary_path) if summary_path.exists() else None,
     }
@@ -293,7 +323,7 @@ def restrict(d, sizes):
     keep = (d["n"] >= sizes[0]) & (d["n"] <= sizes[1])
     if keep.sum() < len(d["features"]) + 2:
         fail(f"only {keep.sum()} rows have n in {sizes[0]}-{sizes[1]}: too few for a regression")
-    for key in ("X", "n", "depth", "correct", "sample"):
+    for key in ("X", "n", "depth", "correct", "needed", "sample"):
         if d[key] is not None:
             d[key] = d[key][keep]
     return d
@@ -328,6 +358,7 @@ def file_section(path, r, label):
         L += table([a, "tokens", "mean depth", "token acc"],
                    [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"])]
                     for x in r["depth_by_feature"][a]])
+    L += needed_section(r["depth_vs_needed"])
     L += ["### Depth against features", "",
           f"coef: depth per standard deviation of the feature (intercept {f3(r['intercept'])}); "
           f"shares of explained variance: LMG ({r['importance_method']}) and drop-one.", ""]
@@ -349,6 +380,23 @@ def file_section(path, r, label):
     L += table(["n", "OOD", "token acc", "exact match", "mean depth", "samples"],
                [[x["n"], "yes" if x["ood"] else "", f3(x["token_acc"]), f3(x["exact_match"]),
                  f3(x["mean_depth"]), x["num"] if x["num"] is not None else "n/a"] for x in r["by_size"]])
+    return L
+
+
+def needed_section(v):
+    if v is None:
+        return []
+    L = ["### Depth run against depth needed", "",
+         "depth needed: the smallest depth from which the token's counterfactual exits are all right "
+         "(evaluate.py). "
+         f"Halted too early (wrong, right deeper): {pct(100 * v['halted_too_early'])}; "
+         f"stopped at the depth needed: {pct(100 * v['stopped_at_needed'])}; "
+         f"ran past it: {pct(100 * v['ran_past_needed'])} "
+         f"({f3(v['extra_iterations'])} extra iterations per token that some depth gets right); "
+         f"right at no depth: {pct(100 * v['never_right'])}. "
+         f"Spearman rho of depth run with depth needed: {f3(v['spearman'])}.", ""]
+    L += table(["depth needed", "tokens", "mean depth run", "token acc"],
+               [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"])] for x in v["by_needed"]])
     return L
 
 
@@ -495,14 +543,14 @@ def percent(v):
     return 100 * v / total if total > 1e-9 else np.full(len(v), math.nan)
 
 
-def numeric(path, name, values):
+def numeric(path, name, values, blank_ok=False):
     out = np.empty(len(values))
     for i, v in enumerate(values):
         try:
             out[i] = float({"True": 1, "False": 0}.get(v.strip(), v))  # is_hub may be written as a bool
         except ValueError:
-            out[i] = math.nan
-        if not math.isfinite(out[i]):
+            out[i] = math.inf
+        if math.isinf(out[i]) or (math.isnan(out[i]) and not blank_ok):
             fail(f"{path}: data row {i + 1}, column '{name}': {v!r} is not a finite number")
     return out
 

@@ -8,9 +8,14 @@ record the depth every target token really ran.
 For every size: teacher-forced token accuracy, greedy exact-match (the whole
 target right) and mean depth; sizes outside the training range are marked OOD.
 Writes, beside the checkpoint unless --out says otherwise:
-  tokens.csv    one row per target token:
-                task,router,sample,n,pos,target,pred,correct,depth,<task features>
+  tokens.csv    one row per target token: task,router,sample,n,pos,target,
+                pred,correct,depth_needed,depth,<task features>
   summary.json  the per-size table
+depth_needed (adaptive routers): the smallest depth from which the token's
+prediction is right at every deeper exit too, had it kept iterating while the
+other tokens halted as routed (the counterfactual continuation of training);
+blank when no depth gets it right, and for router none. Set against `depth`,
+it says whether the router stopped too early or ran past what was needed.
 Examples come from a seed distinct from training and from train.py's held-out set.
 """
 import argparse
@@ -49,7 +54,7 @@ def main(argv=None):
     if args.show:
         show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device)
 
-    header = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth"]
+    header = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth_needed", "depth"]
     features = tasks.FEATURES[task]
     summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
                "ckpt": args.ckpt, "step": ckpt["step"], "sizes": []}
@@ -65,8 +70,8 @@ def main(argv=None):
             examples = [tasks.make_example(task, rng, n) for _ in range(args.num)]
             correct, depth, exact, reference = [], [], [], []
             for rows in token_rows(model, examples, args.batch_size, device):
-                for pos, (target, pred, ok, d, feats) in enumerate(rows):
-                    writer.writerow([task, router, sample, n, pos, target, pred, int(ok), d]
+                for pos, (target, pred, ok, needed, d, feats) in enumerate(rows):
+                    writer.writerow([task, router, sample, n, pos, target, pred, int(ok), needed, d]
                                     + [feats[k] for k in features])
                     correct.append(ok)
                     depth.append(d)
@@ -91,20 +96,35 @@ def main(argv=None):
 
 @torch.no_grad()
 def token_rows(model, examples, batch_size, device):
-    """Yield, per example, a list of (target, pred, correct, depth, features)
-    for its target tokens. Teacher-forced: since every prediction is the
-    argmax of the same forward that greedy decoding runs, an example is an
-    exact match under greedy decoding iff all its rows are correct."""
+    """Yield, per example, a list of (target, pred, correct, depth_needed,
+    depth, features) for its target tokens. Teacher-forced: since every
+    prediction is the argmax of the same forward that greedy decoding runs, an
+    example is an exact match under greedy decoding iff all its rows are
+    correct. Given targets, an adaptive model also runs every token's
+    counterfactual continuation and returns an exit per depth; the tokens'
+    own depths and predictions are those of plain inference."""
+    adaptive_router = model.cfg.router != "none"
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         idx, targets, _ = tasks.make_batch(chunk)
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
-        out = model(idx_t, adaptive=targets_t != -1)
+        out = model(idx_t, targets_t if adaptive_router else None, adaptive=targets_t != -1)
         pred, depth = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
+        needed = (depth_needed(out.exit_logits, targets_t).cpu().numpy() if adaptive_router
+                  else np.zeros_like(depth))  # 0 is written as a blank cell
         for b, ex in enumerate(chunk):
             where = np.flatnonzero(targets[b] != -1)
             yield [(ex.target[j], tasks.VOCAB[pred[b, p]], ex.target[j] == tasks.VOCAB[pred[b, p]],
-                    int(depth[b, p]), ex.features[j]) for j, p in enumerate(where)]
+                    int(needed[b, p]) or "", int(depth[b, p]),
+                    ex.features[j]) for j, p in enumerate(where)]
+
+
+def depth_needed(exit_logits, targets):
+    """(B, T): the smallest depth d whose exit and every deeper one predict
+    the target, 0 when the last exit is wrong."""
+    right = torch.stack([lg.argmax(-1) == targets for lg in exit_logits], -1)  # (B, T, D)
+    right_from_here_on = right.flip(-1).cumprod(-1).flip(-1)  # right at d and at every d' > d
+    return (right.shape[-1] + 1 - right_from_here_on.sum(-1)) * right[..., -1]
 
 
 def show_examples(model, task, rng, sizes, k, device):

@@ -272,3 +272,49 @@ def test_sizes_option_restricts_the_analysis_to_a_size_range(tmp_path):
     assert small["r2_full"] > 0.99 > everything["r2_full"]
     r = cli(path, "--sizes", "30-40", "--out", tmp_path / "r.md")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_depth_run_against_depth_needed(tmp_path):
+    # per token: (depth run, depth needed or blank, correct), repeated to fill a regression
+    tokens = [(1, "1", 1),   # stopped where it became right
+              (1, "3", 0),   # halted too early: wrong, right from depth 3
+              (4, "2", 1),   # ran 2 iterations past what it needed
+              (2, "", 0)]    # right at no depth
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tokens.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(META[:-1] + ["depth_needed", "depth", "backtrack", "frontier"])
+        for i in range(40):
+            depth, needed, ok = tokens[i % 4]
+            w.writerow(["dfs", "online", i // 4, 5, i % 4, "a", "a" if ok else "b", ok, needed, depth,
+                        *rng.integers(0, 4, 2)])
+    r = run(path)
+    v = r["depth_vs_needed"]
+    assert v["halted_too_early"] == pytest.approx(0.25) and v["stopped_at_needed"] == pytest.approx(0.25)
+    assert v["ran_past_needed"] == pytest.approx(0.25) and v["never_right"] == pytest.approx(0.25)
+    assert v["extra_iterations"] == pytest.approx(2 / 3)  # (0 + 0 + 2) over the three tokens some depth gets right
+    assert [(x["value"], x["tokens"], x["mean_depth"]) for x in v["by_needed"]] == \
+        [(1, 10, 1.0), (2, 10, 4.0), (3, 10, 1.0), ("never", 10, 2.0)]
+    assert r["features"] == ["backtrack", "frontier"]  # depth_needed is not a feature
+    text = "\n".join(analyze.file_section(str(path), r, "online"))
+    assert "Halted too early (wrong, right deeper): 25.0%" in text
+
+
+def test_no_depth_needed_section_without_the_column(tmp_path):
+    rng = np.random.default_rng(0)
+    f, n = dfs_features(rng, samples=20)
+    r = run(write_csv(tmp_path / "t.csv", f, rng.integers(1, 5, len(n)), n))
+    assert r["depth_vs_needed"] is None
+    assert "depth needed" not in "\n".join(analyze.file_section("t.csv", r, "early"))
+
+
+def test_rejects_a_non_number_in_depth_needed(tmp_path):
+    path = tmp_path / "tokens.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(META[:-1] + ["depth_needed", "depth", "backtrack"])
+        for i in range(10):
+            w.writerow(["dfs", "online", i, 5, 0, "a", "a", 1, "deep" if i == 3 else 2, 2, i % 3])
+    res = cli(path, "--out", tmp_path / "r.md")
+    assert res.returncode != 0 and "depth_needed" in res.stderr and "Traceback" not in res.stderr

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 TINY = ["--d-model", "32", "--n-heads", "2", "--max-depth", "3", "--batch-size", "8",
         "--eval-num", "16", "--eval-every", "5", "--sizes", "4-5", "--max-minutes", "1000"]
-HEADER = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth"]
+HEADER = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth_needed", "depth"]
 TASKS = [("dfs", "online"), ("lang", "early")]
 NUM = 3
 
@@ -107,6 +107,8 @@ def test_tokens_csv_and_summary(evaluated, task, router):
         idx, targets, _ = tasks.make_batch(examples)
         with torch.no_grad():
             out = m(torch.from_numpy(idx), adaptive=torch.from_numpy(targets) != -1)
+            exits = m(torch.from_numpy(idx), torch.from_numpy(targets),
+                      adaptive=torch.from_numpy(targets) != -1).exit_logits
         for j, ex in enumerate(examples):
             sample_rows = by_sample[i * NUM + j]
             expected_rows += len(ex.target)
@@ -117,6 +119,12 @@ def test_tokens_csv_and_summary(evaluated, task, router):
             assert [r["pred"] for r in sample_rows] == \
                 tasks.decode(out.logits[j, where].argmax(-1).tolist())
             assert [int(r["depth"]) for r in sample_rows] == out.depth[j, where].tolist()
+            for r, p, target in zip(sample_rows, where, targets[j, where]):
+                right = [int(lg[j, p].argmax()) == target for lg in exits]
+                needed = next((d for d in range(1, D + 1) if all(right[d - 1:])), "")
+                assert r["depth_needed"] == str(needed)
+                if needed and needed <= int(r["depth"]):  # the routed prediction is the exit at its depth
+                    assert r["correct"] == "1"
             for r, feats in zip(sample_rows, ex.features):
                 for name in tasks.FEATURES[task]:
                     assert float(r[name]) == pytest.approx(float(feats[name])), (name, r)
@@ -143,6 +151,18 @@ def test_tokens_csv_and_summary(evaluated, task, router):
             assert s["reference_acc"] == pytest.approx(np.mean(refs), abs=1e-4)
         else:
             assert "reference_acc" not in s
+
+
+def test_depth_needed_is_where_the_exits_stay_right():
+    # exits at depths 1..4 of four tokens whose target is class 1
+    right, wrong = [0.0, 1.0], [1.0, 0.0]
+    per_token = [[right, wrong, right, right],   # right from depth 3 on
+                 [wrong, wrong, wrong, wrong],   # never: 0
+                 [right, right, right, right],   # from depth 1
+                 [right, right, right, wrong]]   # wrong at the last exit: 0
+    exit_logits = [torch.tensor([[tok[d] for tok in per_token]]) for d in range(4)]  # 4 x (1, 4, 2)
+    targets = torch.ones(1, 4, dtype=torch.long)
+    assert evaluate.depth_needed(exit_logits, targets).tolist() == [[3, 0, 1, 0]]
 
 
 @pytest.mark.parametrize("task", [t for t, _ in TASKS])
