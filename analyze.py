@@ -18,10 +18,10 @@ The three questions of the study, and the statistics that answer them:
    - The depth histogram, and mean depth per value of the task's main
      difficulty feature (backtrack for dfs, ready for topo, hops for lang).
    - Depth run against depth needed (column depth_needed: the smallest depth
-     from which the token's counterfactual exits are all right): the model's
-     own measure of a token's difficulty. Tokens halted too early (wrong at
-     their depth, right deeper) are lost accuracy; tokens run past the depth
-     they needed are wasted compute.
+     from which the token's exits stay right, had it kept iterating): the
+     model's own measure of a token's difficulty. Tokens halted too early
+     (wrong at their depth, right from a deeper one on) are lost accuracy;
+     tokens run past the depth they needed are wasted compute.
 2. Generalization: token accuracy, exact match and mean depth per input size,
    sizes outside the training range marked OOD. The paper: models spend more
    depth on larger inputs, and it does not buy extrapolation.
@@ -175,24 +175,35 @@ def analyze(d):
 
 
 def depth_vs_needed(depth, needed, correct):
-    """Did the router stop where the token became right? None without the
-    column (or for router none, whose column is blank)."""
+    """Did the router stop where the token's prediction became right for good?
+    Every token falls in exactly one of five outcomes (their shares sum to 1):
+    right at its depth and
+      stopped_at_needed   ... its depth is the depth needed;
+      ran_past_needed     ... it needed fewer iterations (wasted compute);
+      right_not_for_good  ... a deeper exit would be wrong again;
+    wrong at its depth and
+      halted_too_early    ... right from a deeper depth on (lost accuracy);
+      wrong_deeper_too    ... no deeper depth keeps it right.
+    None without the column, for router none (a blank column), and when every
+    token is wrong at max_depth (no depth needed anywhere)."""
     if needed is None or correct is None or np.isnan(needed).all():
         return None
-    known = ~np.isnan(needed)
-    too_early = known & (depth < needed) & (correct == 0)
+    known = ~np.isnan(needed)  # blank: wrong at max_depth
+    right = correct == 1
     rows = by_value(needed[known], depth[known], correct[known])
-    never = ~known
-    rows.append({"value": "never", "tokens": int(never.sum()),
-                 "mean_depth": float(depth[never].mean()) if never.any() else math.nan,
-                 "token_acc": float(correct[never].mean()) if never.any() else math.nan})
-    return {"halted_too_early": float(too_early.mean()),  # wrong, and a deeper exit was right
-            "ran_past_needed": float((known & (depth > needed)).mean()),
-            "stopped_at_needed": float((known & (depth == needed)).mean()),
-            "never_right": float(never.mean()),
-            "extra_iterations": float((depth[known] - needed[known]).clip(0).mean()) if known.any() else math.nan,
-            "spearman": corr(rankdata(depth[known]), rankdata(needed[known])) if known.sum() > 1 else math.nan,
-            "by_needed": rows}
+    if not known.all():
+        rows.append({"value": "none (wrong at max depth)", "tokens": int((~known).sum()),
+                     "mean_depth": float(depth[~known].mean()), "token_acc": float(correct[~known].mean())})
+    with np.errstate(invalid="ignore"):  # comparisons with NaN are False, as wanted
+        outcomes = {"stopped_at_needed": right & (depth == needed),
+                    "ran_past_needed": right & (depth > needed),
+                    "right_not_for_good": right & ~(depth >= needed),
+                    "halted_too_early": ~right & (depth < needed),
+                    "wrong_deeper_too": ~right & ~(depth < needed)}
+    extra = (depth[known] - needed[known]).clip(0).mean()
+    rho = corr(rankdata(depth[known]), rankdata(needed[known])) if known.sum() > 1 else math.nan
+    return {"outcomes": {k: float(v.mean()) for k, v in outcomes.items()},
+            "extra_iterations": float(extra), "spearman": rho, "by_needed": rows}
 
 
 def ols(X, y):
@@ -386,15 +397,16 @@ def file_section(path, r, label):
 def needed_section(v):
     if v is None:
         return []
+    share = {k: pct(100 * x) for k, x in v["outcomes"].items()}
     L = ["### Depth run against depth needed", "",
-         "depth needed: the smallest depth from which the token's counterfactual exits are all right "
-         "(evaluate.py). "
-         f"Halted too early (wrong, right deeper): {pct(100 * v['halted_too_early'])}; "
-         f"stopped at the depth needed: {pct(100 * v['stopped_at_needed'])}; "
-         f"ran past it: {pct(100 * v['ran_past_needed'])} "
-         f"({f3(v['extra_iterations'])} extra iterations per token that some depth gets right); "
-         f"right at no depth: {pct(100 * v['never_right'])}. "
-         f"Spearman rho of depth run with depth needed: {f3(v['spearman'])}.", ""]
+         "Depth needed: the smallest depth from which the token's exits stay right, in the "
+         "counterfactual continuation (evaluate.py). Right at its depth: stopped at the depth needed "
+         f"{share['stopped_at_needed']}, ran past it {share['ran_past_needed']} "
+         f"({f3(v['extra_iterations'])} extra iterations per token that has a depth needed), "
+         f"a deeper exit would be wrong again {share['right_not_for_good']}. "
+         f"Wrong at its depth: halted too early (right from a deeper depth on) {share['halted_too_early']}, "
+         f"no deeper depth keeps it right {share['wrong_deeper_too']}. "
+         f"Spearman rho of the depth run with the depth needed: {f3(v['spearman'])}.", ""]
     L += table(["depth needed", "tokens", "mean depth run", "token acc"],
                [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"])] for x in v["by_needed"]])
     return L

@@ -12,10 +12,12 @@ Writes, beside the checkpoint unless --out says otherwise:
                 pred,correct,depth_needed,depth,<task features>
   summary.json  the per-size table
 depth_needed (adaptive routers): the smallest depth from which the token's
-prediction is right at every deeper exit too, had it kept iterating while the
-other tokens halted as routed (the counterfactual continuation of training);
-blank when no depth gets it right, and for router none. Set against `depth`,
-it says whether the router stopped too early or ran past what was needed.
+prediction stays right at every deeper exit, had it kept iterating. These
+exits come from training's counterfactual continuation: past its halting
+depth the token's own state keeps iterating while every token, itself
+included, attends to its frozen state. Blank when the exit at max_depth is
+wrong, and for router none. Set against `depth`, it says whether the router
+stopped too early or ran past what was needed (analyze.py).
 Examples come from a seed distinct from training and from train.py's held-out set.
 """
 import argparse
@@ -110,12 +112,11 @@ def token_rows(model, examples, batch_size, device):
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
         out = model(idx_t, targets_t if adaptive_router else None, adaptive=targets_t != -1)
         pred, depth = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
-        needed = (depth_needed(out.exit_logits, targets_t).cpu().numpy() if adaptive_router
-                  else np.zeros_like(depth))  # 0 is written as a blank cell
+        needed = depth_needed(out.exit_logits, targets_t).cpu().numpy() if adaptive_router else None
         for b, ex in enumerate(chunk):
             where = np.flatnonzero(targets[b] != -1)
             yield [(ex.target[j], tasks.VOCAB[pred[b, p]], ex.target[j] == tasks.VOCAB[pred[b, p]],
-                    int(needed[b, p]) or "", int(depth[b, p]),
+                    blank_if_zero(needed[b, p]) if needed is not None else "", int(depth[b, p]),
                     ex.features[j]) for j, p in enumerate(where)]
 
 
@@ -125,6 +126,11 @@ def depth_needed(exit_logits, targets):
     right = torch.stack([lg.argmax(-1) == targets for lg in exit_logits], -1)  # (B, T, D)
     right_from_here_on = right.flip(-1).cumprod(-1).flip(-1)  # right at d and at every d' > d
     return (right.shape[-1] + 1 - right_from_here_on.sum(-1)) * right[..., -1]
+
+
+def blank_if_zero(depth):
+    """A depth for the CSV; 0 (wrong at max_depth) as an empty cell, which pandas reads as NaN."""
+    return int(depth) or ""
 
 
 def show_examples(model, task, rng, sizes, k, device):

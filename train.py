@@ -97,9 +97,9 @@ def main(argv=None):
             if step % args.eval_every == 0 and not (args.resume and step == first_step):
                 stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
                 check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
-                stats.update(step=step, minutes=round(elapsed / 60, 2),
-                             tokens_per_s=round(tokens_seen / max(1e-9, time.time() - t_mark))
-                             if step else None, **mean_parts(train_parts))
+                speed = round(tokens_seen / max(1e-9, time.time() - t_mark)) if step else None
+                stats.update(step=step, minutes=round(elapsed / 60, 2), tokens_per_s=speed,
+                             **mean_parts(train_parts))
                 report(stats, args, elapsed)
                 log.write(json.dumps(stats) + "\n")
                 log.flush()
@@ -188,8 +188,9 @@ def evaluate_held_out(model, examples, args, device, route=True):
 
 def mean_parts(parts):
     """Training loss terms averaged since the last evaluation, for log.jsonl:
-    train_lm, train_prompt, and for an adaptive router train_halt (the
-    router's loss) and train_target_depth (the mean d* it is trained towards)."""
+    train_lm; with --prompt-loss, train_prompt; for an adaptive router,
+    train_halt (the router's loss) and train_target_depth (the mean d* it is
+    trained towards)."""
     return {f"train_{name}": round(float(np.mean(values)), 4) for name, values in parts.items()}
 
 

@@ -275,30 +275,38 @@ def test_sizes_option_restricts_the_analysis_to_a_size_range(tmp_path):
 
 
 def test_depth_run_against_depth_needed(tmp_path):
-    # per token: (depth run, depth needed or blank, correct), repeated to fill a regression
-    tokens = [(1, "1", 1),   # stopped where it became right
-              (1, "3", 0),   # halted too early: wrong, right from depth 3
+    # per token: (depth run, depth needed or blank, correct at its depth), repeated to fill a regression
+    tokens = [(1, "1", 1),   # stopped where it became right for good
               (4, "2", 1),   # ran 2 iterations past what it needed
-              (2, "", 0)]    # right at no depth
+              (1, "3", 1),   # right at depth 1, wrong again at 2, right from 3 on
+              (2, "", 1),    # right at its depth, wrong at max_depth
+              (1, "3", 0),   # halted too early: wrong, right from depth 3 on
+              (2, "", 0)]    # wrong at max_depth too
     rng = np.random.default_rng(0)
     path = tmp_path / "tokens.csv"
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(META[:-1] + ["depth_needed", "depth", "backtrack", "frontier"])
-        for i in range(40):
-            depth, needed, ok = tokens[i % 4]
-            w.writerow(["dfs", "online", i // 4, 5, i % 4, "a", "a" if ok else "b", ok, needed, depth,
+        for i in range(60):
+            depth, needed, ok = tokens[i % 6]
+            w.writerow(["dfs", "online", i // 6, 5, i % 6, "a", "a" if ok else "b", ok, needed, depth,
                         *rng.integers(0, 4, 2)])
     r = run(path)
     v = r["depth_vs_needed"]
-    assert v["halted_too_early"] == pytest.approx(0.25) and v["stopped_at_needed"] == pytest.approx(0.25)
-    assert v["ran_past_needed"] == pytest.approx(0.25) and v["never_right"] == pytest.approx(0.25)
-    assert v["extra_iterations"] == pytest.approx(2 / 3)  # (0 + 0 + 2) over the three tokens some depth gets right
+    assert v["outcomes"] == pytest.approx({"stopped_at_needed": 1 / 6, "ran_past_needed": 1 / 6,
+                                           "right_not_for_good": 2 / 6, "halted_too_early": 1 / 6,
+                                           "wrong_deeper_too": 1 / 6})
+    assert v["extra_iterations"] == pytest.approx(2 / 4)  # over the four tokens with a depth needed
     assert [(x["value"], x["tokens"], x["mean_depth"]) for x in v["by_needed"]] == \
-        [(1, 10, 1.0), (2, 10, 4.0), (3, 10, 1.0), ("never", 10, 2.0)]
+        [(1, 10, 1.0), (2, 10, 4.0), (3, 20, 1.0), ("none (wrong at max depth)", 20, 2.0)]
     assert r["features"] == ["backtrack", "frontier"]  # depth_needed is not a feature
     text = "\n".join(analyze.file_section(str(path), r, "online"))
-    assert "Halted too early (wrong, right deeper): 25.0%" in text
+    assert "halted too early (right from a deeper depth on) 16.7%" in text
+    # --sizes keeps the column aligned with the rows; --json writes it
+    res = cli(path, "--sizes", "5-5", "--json", tmp_path / "r.json", "--out", tmp_path / "r.md")
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((tmp_path / "r.json").read_text())["files"][str(path)]["depth_vs_needed"]
+    assert saved["outcomes"] == pytest.approx(v["outcomes"])
 
 
 def test_no_depth_needed_section_without_the_column(tmp_path):

@@ -255,6 +255,22 @@ def test_halted_tokens_training_counterfactual(router):
     assert (out.depth[targets == -1] == D).all()
 
 
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_counterfactual_forward_keeps_the_routed_logits_and_depths(router):
+    """evaluate.py reads the counterfactual exits from a forward with targets:
+    its logits and depths must be those of plain inference."""
+    torch.manual_seed(6)
+    m = perturb(make(router, seed=6)).eval()
+    idx = torch.randint(0, V, (3, 16))
+    targets = torch.randint(0, V, idx.shape)
+    adaptive = torch.ones_like(idx, dtype=torch.bool)
+    with torch.no_grad():
+        plain, counterfactual = m(idx, adaptive=adaptive), m(idx, targets, adaptive=adaptive)
+    assert (plain.depth < m.cfg.max_depth).any() and (plain.depth > 1).any()
+    assert torch.equal(plain.depth, counterfactual.depth)
+    assert torch.allclose(plain.logits, counterfactual.logits, atol=1e-5)
+
+
 class RecordingCache(KVCache):
     instances = []
 
