@@ -115,7 +115,7 @@ class ANIRA(nn.Module):
         # (early: zero logits are uniform over depths, whose hazards 1/(D-k+1)
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
-    def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.01, prompt_targets=None,
+    def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.002, prompt_targets=None,
                 cache=None):
         """Run the model on token ids idx (B, T).
 

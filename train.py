@@ -31,7 +31,7 @@ from model import ANIRA, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8",
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False, token_shift=2,
-    ponder=0.01, halt_warmup=500, curriculum=0, prompt_loss=None,
+    ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", out=None, resume=False,
