@@ -152,6 +152,8 @@ def analyze(d):
     values, counts = np.unique(y, return_counts=True)
     rank_y = rankdata(y)
     by_size, source, train_sizes = sizes(d)
+    vs_needed = depth_vs_needed(y, d["needed"], d["correct"])
+    needed = d["needed"] if vs_needed else None  # None also for router none (a blank column)
     return {
         "task": d["task"], "router": d["router"], "rows": len(y), "features": names, "dropped": dropped,
         "size_feature": size,
@@ -166,10 +168,10 @@ def analyze(d):
         "depth_hist": {str(number(v)): int(c) for v, c in zip(values, counts)},
         "mean_depth": float(y.mean()), "std_depth": float(y.std()),
         "alignment_feature": align,
-        "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"]) for f in shown},
+        "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"], needed) for f in shown},
         "depth_by_n": by_value(d["n"], y, d["correct"]),
         "by_size": by_size, "by_size_source": source, "train_sizes": train_sizes,
-        "depth_vs_needed": depth_vs_needed(y, d["needed"], d["correct"]),
+        "depth_vs_needed": vs_needed,
         "notes": notes,
     }
 
@@ -366,9 +368,14 @@ def file_section(path, r, label):
     a = r["alignment_feature"]
     if a:
         L += [f"### Alignment: mean depth by `{a}`", ""]
-        L += table([a, "tokens", "mean depth", "token acc"],
-                   [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"])]
-                    for x in r["depth_by_feature"][a]])
+        rows = r["depth_by_feature"][a]
+        if "mean_needed" in rows[0]:
+            L += table([a, "tokens", "mean depth", "token acc", "mean depth needed", "halted too early"],
+                       [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"]),
+                         f3(x["mean_needed"]), pct(100 * x["halted_too_early"])] for x in rows])
+        else:
+            L += table([a, "tokens", "mean depth", "token acc"],
+                       [[x["value"], x["tokens"], f3(x["mean_depth"]), f3(x["token_acc"])] for x in rows])
     L += needed_section(r["depth_vs_needed"])
     L += ["### Depth against features", "",
           f"coef: depth per standard deviation of the feature (intercept {f3(r['intercept'])}); "
@@ -514,14 +521,21 @@ def make_labels(runs):
             for p, (_, r) in zip(paths, runs)]
 
 
-def by_value(x, y, correct):
-    """Tokens, mean depth and token accuracy for every distinct value of x."""
+def by_value(x, y, correct, needed=None):
+    """Tokens, mean depth and token accuracy for every distinct value of x;
+    given depth_needed, also its mean (over the tokens that have one) and the
+    share of tokens halted too early (wrong, right from a deeper depth on)."""
     rows = []
     for v in np.unique(x):
         m = x == v
         acc = float(correct[m].mean()) if correct is not None else math.nan
-        rows.append({"value": number(v), "tokens": int(m.sum()), "mean_depth": float(y[m].mean()),
-                     "token_acc": acc})
+        row = {"value": number(v), "tokens": int(m.sum()), "mean_depth": float(y[m].mean()), "token_acc": acc}
+        if needed is not None and correct is not None:
+            known = m & ~np.isnan(needed)
+            row["mean_needed"] = float(needed[known].mean()) if known.any() else math.nan
+            with np.errstate(invalid="ignore"):
+                row["halted_too_early"] = float(((correct[m] == 0) & (y[m] < needed[m])).mean())
+        rows.append(row)
     return rows
 
 

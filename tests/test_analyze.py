@@ -300,7 +300,12 @@ def test_depth_run_against_depth_needed(tmp_path):
     assert [(x["value"], x["tokens"], x["mean_depth"]) for x in v["by_needed"]] == \
         [(1, 10, 1.0), (2, 10, 4.0), (3, 20, 1.0), ("none (wrong at max depth)", 20, 2.0)]
     assert r["features"] == ["backtrack", "frontier"]  # depth_needed is not a feature
+    # the alignment table gains the mean depth needed and the share halted too early
+    by_backtrack = r["depth_by_feature"]["backtrack"]
+    assert sum(x["tokens"] * x["halted_too_early"] for x in by_backtrack) == pytest.approx(10)
+    assert all(1 <= x["mean_needed"] <= 3 for x in by_backtrack)
     text = "\n".join(analyze.file_section(str(path), r, "online"))
+    assert "| backtrack | tokens | mean depth | token acc | mean depth needed | halted too early |" in text
     assert "halted too early (right from a deeper depth on) 16.7%" in text
     # --sizes keeps the column aligned with the rows; --json writes it
     res = cli(path, "--sizes", "5-5", "--json", tmp_path / "r.json", "--out", tmp_path / "r.md")
