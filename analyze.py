@@ -320,7 +320,7 @@ def load_csv(path):
         "X": np.column_stack([numeric(path, f, column[f]) for f in features]),
         "n": numeric(path, "n", column["n"]), "depth": numeric(path, "depth", column["depth"]),
         "correct": numeric(path, "correct", column["correct"]) if "correct" in column else None,
-        # blank: no depth gets the token right (or router none): NaN
+        # blank (wrong at max_depth, or router none): NaN
         "needed": numeric(path, "depth_needed", [v or "nan" for v in column["depth_needed"]], blank_ok=True)
         if "depth_needed" in column else None,
         "sample": np.array(column["sample"]) if "sample" in column else None,
