@@ -200,12 +200,18 @@ def depth_vs_needed(depth, needed, correct):
         outcomes = {"stopped_at_needed": right & (depth == needed),
                     "ran_past_needed": right & (depth > needed),
                     "right_not_for_good": right & ~(depth >= needed),
-                    "halted_too_early": ~right & (depth < needed),
+                    "halted_too_early": halted_too_early(depth, needed, correct),
                     "wrong_deeper_too": ~right & ~(depth < needed)}
     extra = (depth[known] - needed[known]).clip(0).mean()
     rho = corr(rankdata(depth[known]), rankdata(needed[known])) if known.sum() > 1 else math.nan
     return {"outcomes": {k: float(v.mean()) for k, v in outcomes.items()},
             "extra_iterations": float(extra), "spearman": rho, "by_needed": rows}
+
+
+def halted_too_early(depth, needed, correct):
+    """Wrong at its depth, right from a deeper depth on: accuracy the router gave away."""
+    with np.errstate(invalid="ignore"):  # a blank depth needed (NaN) compares False
+        return (correct == 0) & (depth < needed)
 
 
 def ols(X, y):
@@ -533,8 +539,7 @@ def by_value(x, y, correct, needed=None):
         if needed is not None and correct is not None:
             known = m & ~np.isnan(needed)
             row["mean_needed"] = float(needed[known].mean()) if known.any() else math.nan
-            with np.errstate(invalid="ignore"):
-                row["halted_too_early"] = float(((correct[m] == 0) & (y[m] < needed[m])).mean())
+            row["halted_too_early"] = float(halted_too_early(y[m], needed[m], correct[m]).mean())
         rows.append(row)
     return rows
 
