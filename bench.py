@@ -4,6 +4,7 @@ Speed and quality benchmarks: the targets that tests must not time.
     python bench.py speed                       # training steps/s per router, alternating
     python bench.py data                        # examples/s of every task generator
     python bench.py check out/dfs-online        # a finished run against the quality bars
+    python bench.py tradeoff --task lang --chain-order reverse   # accuracy against compute
 
 `speed` times training steps of every router on the same batches, in
 alternating order, and reports medians and the ratio to router none: timings
@@ -13,14 +14,22 @@ bars of the project: >= 90% greedy exact-match on held-out examples of the
 training sizes within 15 minutes, and for an adaptive router a mean depth
 clearly below max_depth with at least 3 distinct depths and a standard
 deviation of at least 0.5 (no collapse to one depth).
+`tradeoff` is the accuracy/compute curve by which ACT, PonderNet and
+Mixture-of-Recursions judge a router: fixed-depth models (router none) at
+every depth 1..max_depth and both adaptive routers at several --ponder, all
+trained for the same number of steps, each evaluated on the training sizes
+and on larger ones. A router pays if it reaches the best fixed depth's
+accuracy with fewer iterations per token.
 """
 import argparse
 import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
@@ -40,11 +49,31 @@ def main(argv=None):
     d.add_argument("--num", type=int, default=5000)
     c = sub.add_parser("check", help="check a finished run against the quality bars")
     c.add_argument("run", help="the --out folder of a train.py run")
+    t = sub.add_parser("tradeoff", help="exact-match against mean depth: fixed depths and routers",
+                       description="Train router none at every depth 1..max_depth and early and online "
+                                   "at every --ponders value, the same steps each, then evaluate each "
+                                   "on the training sizes and on --ood-sizes. Writes DIR/tradeoff.json "
+                                   "(and DIR/tradeoff.png with matplotlib); every run keeps its folder "
+                                   "in DIR, and a finished one is not trained again (Ctrl-C, then the "
+                                   "same command, resumes).")
+    t.add_argument("--task", default="dfs", choices=tasks.TASKS)
+    t.add_argument("--chain-order", default="forward", choices=tasks.CHAIN_ORDERS, help="lang's regime")
+    t.add_argument("--sizes", default="4-8", help="training sizes")
+    t.add_argument("--ood-sizes", default=None, help="sizes never trained on (default: the two above --sizes)")
+    t.add_argument("--max-depth", type=int, default=4)
+    t.add_argument("--ponders", default="0.002,0.01,0.03", help="comma-separated --ponder values")
+    t.add_argument("--steps", type=int, default=2000, help="training steps of every point")
+    t.add_argument("--num", type=int, default=100, help="evaluation examples per size")
+    t.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each when more than one")
+    t.add_argument("--quick", action="store_true", help="a tiny model, a few steps: proves the command works")
+    t.add_argument("--out", default=None, help="folder (default out/tradeoff-<task>[-reverse])")
     args = p.parse_args(argv)
     if args.what == "speed":
         speed(args)
     elif args.what == "data":
         data_speed(args)
+    elif args.what == "tradeoff":
+        tradeoff(args)
     else:
         sys.exit(0 if check(args.run) else 1)
 
@@ -80,6 +109,141 @@ def speed(args):
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:>10} {1000 * med:>8.0f} {med / base:>8.2f}")
+
+
+def tradeoff(args):
+    try:
+        ponders = [float(x) for x in args.ponders.split(",")]
+        lo, hi = (int(x) for x in args.sizes.split("-"))
+        ood = args.ood_sizes or f"{hi + 1}-{min(hi + 2, tasks.max_size(args.task))}"
+        if min(ponders) < 0 or args.max_depth < 1 or args.steps < 1 or args.jobs < 1 or args.num < 1:
+            raise ValueError
+    except ValueError:
+        print("error: --ponders takes numbers >= 0 like 0.002,0.01; --sizes a range like 4-8; "
+              "--max-depth, --steps, --jobs and --num at least 1", file=sys.stderr)
+        sys.exit(2)
+    D = 2 if args.quick else args.max_depth
+    # longest runs first (the adaptive routers, then the deepest fixed depths), so
+    # that the last ones to finish are short and no core sits idle at the end
+    points = [(router, D, ponder) for router in ("early", "online") for ponder in ponders]
+    points += [("none", d, None) for d in range(D, 0, -1)]
+    out = args.out or os.path.join("out", f"tradeoff-{args.task}"
+                                   + ("-reverse" if args.chain_order == "reverse" else "")
+                                   + ("-quick" if args.quick else ""))
+    os.makedirs(out, exist_ok=True)
+    train_flags = ["--task", args.task, "--sizes", args.sizes, "--max-iters", str(args.steps)]
+    if args.chain_order != "forward":
+        train_flags += ["--chain-order", args.chain_order]
+    eval_flags = ["--num", str(args.num)]
+    if args.quick:  # seconds per point: a tiny model and a few steps
+        train_flags = ["--task", args.task, "--sizes", args.sizes, "--max-iters", "6", "--eval-every", "3",
+                       "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2", "--d-model", "32",
+                       "--chain-order", args.chain_order]
+        eval_flags = ["--num", "3"]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": "1"} if args.jobs > 1 else {}))
+    print(f"{len(points)} runs in {out}, {args.jobs} at a time"
+          + (" with one thread each" if args.jobs > 1 else ""), flush=True)
+    rows, t0 = [], time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        todo = [pool.submit(tradeoff_point, point, out, train_flags, eval_flags, ood, env) for point in points]
+        for done, future in enumerate(as_completed(todo), 1):
+            row = future.result()
+            rows.append(row)
+            elapsed = time.time() - t0
+            print(f"[{done}/{len(points)}] {row['run']}: exact-match {row['exact_match']} "
+                  f"(OOD {row['exact_match_ood']}) at mean depth {row['mean_depth']}, {row['minutes']} min "
+                  f"| {elapsed / 60:.1f} min, ~{elapsed / done * (len(points) - done) / 60:.0f} min left",
+                  flush=True)
+    rows.sort(key=lambda r: (("none", "early", "online").index(r["router"]), r["max_depth"], r["ponder"] or 0))
+    with open(os.path.join(out, "tradeoff.json"), "w") as f:
+        json.dump({"task": args.task, "chain_order": args.chain_order, "sizes": args.sizes, "ood_sizes": ood,
+                   "steps": args.steps, "jobs": args.jobs, "rows": rows}, f, indent=2)
+    print(tradeoff_table(rows))
+    plotted = tradeoff_plot(rows, os.path.join(out, "tradeoff.png"), f"{args.task} {args.chain_order}")
+    print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
+
+
+def tradeoff_point(point, out, train_flags, eval_flags, ood, env):
+    """Train one point of the curve (unless its run has finished), evaluate it
+    in and out of distribution, and return its row of tradeoff.json."""
+    router, depth, ponder = point
+    name = f"{router}-d{depth}" if ponder is None else f"{router}-p{ponder:g}"
+    run = os.path.join(out, name)
+    flags = train_flags + ["--router", router, "--max-depth", str(depth), "--out", run]
+    if ponder is not None:
+        flags += ["--ponder", str(ponder)]
+    log = read_jsonl(os.path.join(run, "log.jsonl"))
+    steps = int(flags[flags.index("--max-iters") + 1])
+    if not log or log[-1]["step"] < steps:
+        resume = ["--resume"] if os.path.isfile(os.path.join(run, "ckpt.pt")) else []
+        run_logged([sys.executable, "train.py"] + flags + resume, run + ".train.log", env)
+        log = read_jsonl(os.path.join(run, "log.jsonl"))
+    sizes = f"{flags[flags.index('--sizes') + 1].split('-')[0]}-{ood.split('-')[-1]}"
+    run_logged([sys.executable, "evaluate.py", "--ckpt", os.path.join(run, "ckpt.pt"), "--sizes", sizes]
+               + eval_flags, run + ".eval.log", env)
+    with open(os.path.join(run, "summary.json")) as f:
+        summary = json.load(f)
+    inside, outside = summary["in_distribution"], summary["ood"]
+    row = {"router": router, "max_depth": depth, "ponder": ponder, "mean_depth": inside["mean_depth"],
+           "exact_match": inside["exact_match"], "exact_match_ood": outside["exact_match"],
+           "minutes": log[-1]["minutes"], "mean_depth_ood": outside["mean_depth"], "run": name}
+    if "reference_acc" in inside:  # lang: the share of values resolved through their chains
+        row.update(reference_acc=inside["reference_acc"], reference_acc_ood=outside["reference_acc"])
+    return row
+
+
+def run_logged(cmd, log_path, env):
+    """Run a script of this folder with its output in log_path; exit if it fails."""
+    with open(log_path, "a") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+    if code:
+        print(f"error: {' '.join(cmd[1:3])} ... exited with {code}; see {log_path}", file=sys.stderr)
+        sys.exit(1)
+
+
+def read_jsonl(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tradeoff_table(rows):
+    lines = ["| router | max_depth | ponder | mean depth | exact-match | exact-match OOD | minutes |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['router']} | {r['max_depth']} | {'' if r['ponder'] is None else r['ponder']} | "
+                     f"{r['mean_depth']:.2f} | {r['exact_match']:.3f} | {r['exact_match_ood']:.3f} | "
+                     f"{r['minutes']} |")
+    return "\n".join(lines)
+
+
+def tradeoff_plot(rows, path, title):
+    """Exact-match against mean depth, in distribution and OOD, when matplotlib is there."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, (key, depth_key, label) in zip(axes, (("exact_match", "mean_depth", "training sizes"),
+                                                  ("exact_match_ood", "mean_depth_ood", "larger sizes (OOD)"))):
+        for router, marker, colour in (("none", "o", "k"), ("early", "s", "b"), ("online", "^", "r")):
+            pts = [r for r in rows if r["router"] == router]
+            ax.plot([r[depth_key] for r in pts], [r[key] for r in pts], marker=marker, color=colour,
+                    ls="-" if router == "none" else "", label=router if router != "none" else "fixed depth")
+            for r in pts:
+                ax.annotate(f"d={r['max_depth']}" if router == "none" else f"{r['ponder']:g}",
+                            (r[depth_key], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(xlabel="mean iterations per target token", ylabel="exact-match", title=f"{title}: {label}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def data_speed(args):

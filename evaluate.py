@@ -6,11 +6,13 @@ record the depth every target token really ran.
     python evaluate.py --ckpt out/dfs-online/ckpt.pt --show 3   # see where it thinks harder
 
 For every size: teacher-forced token accuracy, greedy exact-match (the whole
-target right) and mean depth; sizes outside the training range are marked OOD.
+target right; on lang, but for the queried variables, which are random by
+design) and mean depth; sizes outside the training range are marked OOD.
 Writes, beside the checkpoint unless --out says otherwise:
   tokens.csv    one row per target token: task,router,sample,n,pos,target,
                 pred,correct,depth_needed,depth,<task features>
-  summary.json  the per-size table
+  summary.json  the per-size table, and the same pooled over the training
+                sizes ("in_distribution") and over the others ("ood")
 depth_needed (adaptive routers): the smallest depth from which the token's
 prediction stays right at every deeper exit, had it kept iterating. These
 exits come from training's counterfactual continuation: past its halting
@@ -32,7 +34,7 @@ import torch
 
 import tasks
 from model import ANIRA, ModelConfig
-from train import fail, load_checkpoint, parse_size_range, pick_device
+from train import fail, load_checkpoint, parse_size_range, pick_device, task_params
 
 EVAL_SEED = 20_000  # train.py draws from seed and seed + 10_000
 
@@ -54,22 +56,23 @@ def main(argv=None):
           f"step {ckpt['step']}; {args.num} examples per size")
 
     if args.show:
-        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device)
+        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device, task_params(config))
 
     header = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth_needed", "depth"]
     features = tasks.FEATURES[task]
     summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
                "ckpt": args.ckpt, "step": ckpt["step"], "sizes": []}
-    references = "kind" in features  # lang: exact-match is 0 by design, so also reference accuracy
+    references = "kind" in features  # lang: also the accuracy of resolved values
     print(f"\n{'n':>4} {'':4} {'token acc':>9} {'exact':>7} {'mean depth':>10}"
           + (f" {'reference acc':>13}" if references else ""))
     sample = 0
+    pooled = {False: [], True: []}  # in distribution / OOD: per example, its rows and exact-match
     with open(os.path.join(out_dir, "tokens.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header + features)
         for n in range(sizes[0], sizes[1] + 1):
             rng = random.Random(args.seed * 1000 + n)
-            examples = [tasks.make_example(task, rng, n) for _ in range(args.num)]
+            examples = [tasks.make_example(task, rng, n, **task_params(config)) for _ in range(args.num)]
             correct, depth, exact, reference = [], [], [], []
             for rows in token_rows(model, examples, args.batch_size, device):
                 for pos, (target, pred, ok, needed, d, feats) in enumerate(rows):
@@ -79,21 +82,33 @@ def main(argv=None):
                     depth.append(d)
                     if references and feats["kind"] == tasks.REFERENCE:
                         reference.append(ok)
-                exact.append(all(r[2] for r in rows))
+                exact.append(all(r[2] for r in rows if not tasks.by_chance(r[5])))
                 sample += 1
             ood = not train_sizes[0] <= n <= train_sizes[1]
-            row = {"n": n, "ood": ood, "token_acc": round(float(np.mean(correct)), 4),
-                   "exact_match": round(float(np.mean(exact)), 4),
-                   "mean_depth": round(float(np.mean(depth)), 3), "num": len(examples)}
-            if references:
-                row["reference_acc"] = round(float(np.mean(reference)), 4)
+            pooled[ood].append((correct, depth, exact, reference))
+            row = {"n": n, "ood": ood, **pool([(correct, depth, exact, reference)], references)}
             summary["sizes"].append(row)
             print(f"{n:>4} {'OOD' if ood else '':4} {row['token_acc']:>9.3f} "
                   f"{row['exact_match']:>7.3f} {row['mean_depth']:>10.2f}"
                   + (f" {row['reference_acc']:>13.3f}" if references else ""), flush=True)
+    for ood, name in ((False, "in_distribution"), (True, "ood")):
+        if pooled[ood]:
+            summary[name] = pool(pooled[ood], references)
+            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in summary[name].items()))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nwrote {os.path.join(out_dir, 'tokens.csv')} and summary.json")
+
+
+def pool(sizes, references):
+    """One row over several sizes: every token (and example) counts once, so
+    mean_depth is the compute per target token over all of them."""
+    correct, depth, exact, reference = (sum((s[i] for s in sizes), []) for i in range(4))
+    row = {"token_acc": round(float(np.mean(correct)), 4), "exact_match": round(float(np.mean(exact)), 4),
+           "mean_depth": round(float(np.mean(depth)), 3), "num": len(exact)}
+    if references:
+        row["reference_acc"] = round(float(np.mean(reference)), 4)
+    return row
 
 
 @torch.no_grad()
@@ -133,11 +148,11 @@ def blank_if_zero(depth):
     return int(depth) or ""
 
 
-def show_examples(model, task, rng, sizes, k, device):
+def show_examples(model, task, rng, sizes, k, device, params):
     """Greedy generation with the cache; every token printed with its depth."""
     colour = sys.stdout.isatty()
     for _ in range(k):
-        ex = tasks.make_example(task, rng, rng.randint(*sizes))
+        ex = tasks.make_example(task, rng, rng.randint(*sizes), **params)
         prompt = torch.tensor([tasks.encode(ex.prompt)], device=device)
         tokens, depths = model.generate(prompt, len(ex.target) + 2, end_id=tasks.END)
         print(f"\nn={ex.n}  prompt: {' '.join(ex.prompt)}")

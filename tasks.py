@@ -17,6 +17,10 @@ Three tasks, each with explicit difficulty parameters:
         prompt:  7 2 4 ; 4 > 7 ; 2 > 7 ; <sep>    target: 2 4 7 <end>
   lang  variable bindings, then queries resolved through chains of `hops`.
         prompt:  3 = C ; 8 = 3 ; 5 = A ; <sep>  target: 8 -> C ; 5 -> A ; <end>
+        chain_order="reverse" writes each chain last link first
+        (8 = 3 ; 5 = A ; 3 = C): the prompt can no longer resolve a chain
+        while it is read, so a k-hop query chases k bindings at the query
+        token itself. That is the regime where depth is needed.
 
 Node and variable names are random labels out of N_LABELS (twice the largest
 training size), so a larger test graph needs no new tokens.
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TASKS = ("dfs", "topo", "lang")
+CHAIN_ORDERS = ("forward", "reverse")  # lang: how each chain's statements are written
 # node / variable labels "0".."15": twice the largest default training size,
 # so graphs up to 16 nodes can be tested out of distribution (lang, which also
 # needs n // 2 distractor names, up to 11 variables). Fewer labels learn
@@ -81,7 +86,8 @@ class Example:
     graph: dict = field(default=None)  # dfs/topo: {"nodes", "edges", "start"} as labels
 
 
-def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=None):
+def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=None,
+                 chain_order="forward"):
     """One example of `task` with size `n`, drawn from `rng` (a random.Random).
 
     family:      dfs/topo graph family: "random", "hub", or "mix" (either, 50/50)
@@ -89,6 +95,8 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
                  expected out-degree (topo)
     hops:        lang: longest chain a query is resolved through
     distractors: lang: statements that no query needs (default n // 2)
+    chain_order: lang: "forward" writes a chain first link first (a = C ;
+                 b = a), "reverse" last link first (b = a ; a = C)
     """
     distractors = n // 2 if distractors is None else distractors
     check_size(task, n, distractors)
@@ -96,11 +104,13 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
         raise ValueError(f"density {density} is outside 0..8")
     if hops < 1 or distractors < 0:
         raise ValueError("lang needs hops >= 1 and distractors >= 0")
+    if chain_order not in CHAIN_ORDERS:
+        raise ValueError(f"unknown chain order {chain_order!r}; choose one of {', '.join(CHAIN_ORDERS)}")
     if task == "dfs":
         return dfs_example(rng, n, family, density)
     if task == "topo":
         return topo_example(rng, n, family, density)
-    return lang_example(rng, n, hops, distractors)
+    return lang_example(rng, n, hops, distractors, chain_order)
 
 
 def max_size(task):
@@ -329,7 +339,7 @@ def random_dag(rng, n, family, density):
 # -----------------------------------------------------------------------------
 # lang: bindings resolved through chains of references
 
-def lang_example(rng, n, hops, distractors, n_queries=4):
+def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4):
     """`n` queryable variables in chains of 1..hops bindings, plus distractors.
 
     A chain  a = C ; b = a ; c = b  binds three variables to the value C; a
@@ -337,6 +347,12 @@ def lang_example(rng, n, hops, distractors, n_queries=4):
     bound to values and never queried. Target tokens: the queried variable
     (kind random: which one is asked cannot be predicted), "->" and ";"
     (filler), the value (reference), and <end> (filler: the query count is fixed).
+
+    The chains' statements are interleaved at random. chain_order "forward"
+    keeps each chain first link first, so the prompt can resolve every
+    variable as soon as it is bound and a query is one lookup; "reverse"
+    writes it last link first (c = b ; b = a ; a = C), so when `c = b` is read
+    b is not bound yet, and a k-hop query must chase its k bindings itself.
     """
     names = [LABELS[x] for x in rng.sample(range(N_LABELS), n + distractors)]
     chains, rest = [], names[:n]
@@ -345,20 +361,19 @@ def lang_example(rng, n, hops, distractors, n_queries=4):
         chains.append((rng.choice(VALUES), rest[:length]))
         rest = rest[length:]
     chains += [(rng.choice(VALUES), [name]) for name in names[n:]]
-    # interleave the chains' statements at random, keeping each chain in order
     slots = [c for c, (_, chain) in enumerate(chains) for _ in chain]
     rng.shuffle(slots)
-    prompt, taken = [], [0] * len(chains)
-    binding = {}  # variable -> (value, hops, position of its chain's first statement)
-    root_pos = {}
+    prompt, taken, statement_at = [], [0] * len(chains), {}
     for c in slots:
         value, chain = chains[c]
-        i = taken[c]
+        i = taken[c] if chain_order == "forward" else len(chain) - 1 - taken[c]
         taken[c] += 1
-        if i == 0:
-            root_pos[c] = len(prompt)
-        binding[chain[i]] = (value, i + 1, root_pos[c])
+        statement_at[chain[i]] = len(prompt)
         prompt += [chain[i], "=", value if i == 0 else chain[i - 1], ";"]
+    # variable -> (value, hops, position of the earliest statement its
+    # resolution reads: the root's in forward order, its own in reverse)
+    binding = {name: (value, i + 1, min(statement_at[v] for v in chain[:i + 1]))
+               for value, chain in chains for i, name in enumerate(chain)}
     prompt.append("<sep>")
     target, feats = [], []
 
@@ -390,6 +405,14 @@ def encode(tokens):
 
 def decode(ids):
     return [VOCAB[i] for i in ids]
+
+
+def by_chance(features):
+    """Where a target token is random by design (lang's queried variable:
+    which one is asked cannot be predicted). Exact-match skips these tokens.
+    `features` is one token's dict or make_batch's dict of arrays."""
+    kind = features.get("kind")
+    return kind == RANDOM if kind is not None else False
 
 
 def sample_examples(task, rng, sizes, num, **params):
@@ -458,13 +481,16 @@ def main(argv=None):
     p.add_argument("--family", default="mix", help="graph family: random, hub or mix")
     p.add_argument("--density", type=float, default=1.0, help="graph edge density")
     p.add_argument("--hops", type=int, default=4, help="lang: longest reference chain")
+    p.add_argument("--chain-order", default="forward",
+                   help="lang: forward (a = C ; b = a) or reverse (b = a ; a = C) chains")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     try:
         if args.num < 1:
             raise ValueError("--num must be at least 1")
-        params = dict(family=args.family, density=args.density, hops=args.hops)
+        params = dict(family=args.family, density=args.density, hops=args.hops,
+                      chain_order=args.chain_order)
         examples = [make_example(args.task, rng, args.n, **params) for _ in range(args.num)]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

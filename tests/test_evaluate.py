@@ -3,7 +3,8 @@ with the examples, with each other and with the model; --show prints depths;
 bad input gets one error line.
 
 Tiny checkpoints are trained through the command line (10 steps), for dfs and
-for lang, then evaluated on sizes 4-6 (6 is out of the training range 4-5).
+for lang (in its reverse-chain regime, which evaluate.py must draw from too),
+then evaluated on sizes 4-6 (6 is out of the training range 4-5).
 """
 import csv
 import json
@@ -27,6 +28,7 @@ TINY = ["--d-model", "32", "--n-heads", "2", "--max-depth", "3", "--batch-size",
         "--eval-num", "16", "--eval-every", "5", "--sizes", "4-5", "--max-minutes", "1000"]
 HEADER = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth_needed", "depth"]
 TASKS = [("dfs", "online"), ("lang", "early")]
+PARAMS = {"dfs": {}, "lang": {"chain_order": "reverse"}}  # the task parameters each is trained with
 NUM = 3
 
 
@@ -54,7 +56,9 @@ def evaluated(tmp_path_factory):
     """{task: (ckpt path, eval folder, evaluate.py's result)} for dfs and lang."""
     root = tmp_path_factory.mktemp("eval")
     trained = run_all([("train.py", *TINY, "--task", task, "--router", router, "--halt-warmup", "4",
-                        "--max-iters", "10", "--out", str(root / task)) for task, router in TASKS])
+                        "--max-iters", "10", "--out", str(root / task),
+                        *(["--chain-order", PARAMS[task]["chain_order"]] if PARAMS[task] else []))
+                       for task, router in TASKS])
     for res in trained:
         assert_ok(res)
     runs = run_all([("evaluate.py", "--ckpt", str(root / task / "ckpt.pt"), "--sizes", "4-6",
@@ -69,7 +73,7 @@ def evaluated(tmp_path_factory):
 def regenerate(task, n, seed=evaluate.EVAL_SEED, num=NUM):
     """The examples evaluate.py draws for size n (its documented seeding)."""
     rng = random.Random(seed * 1000 + n)
-    return [tasks.make_example(task, rng, n) for _ in range(num)]
+    return [tasks.make_example(task, rng, n, **PARAMS[task]) for _ in range(num)]
 
 
 @pytest.mark.parametrize("task,router", TASKS)
@@ -141,16 +145,27 @@ def test_tokens_csv_and_summary(evaluated, task, router):
         size_rows = [r for r in rows if int(r["n"]) == s["n"]]
         ids = sorted({int(r["sample"]) for r in size_rows})
         assert len(ids) == NUM
-        exact = np.mean([all(r["correct"] == "1" for r in by_sample[k]) for k in ids])
+        # lang's queried variables are random by design: exact-match skips them
+        exact = np.mean([all(r["correct"] == "1" for r in by_sample[k]
+                             if not (task == "lang" and int(float(r["kind"])) == tasks.RANDOM)) for k in ids])
         assert s["exact_match"] == pytest.approx(exact, abs=1e-4)
         assert s["token_acc"] == pytest.approx(np.mean([r["correct"] == "1" for r in size_rows]), abs=1e-4)
         assert s["mean_depth"] == pytest.approx(np.mean([int(r["depth"]) for r in size_rows]), abs=1e-3)
         assert 1 <= s["mean_depth"] <= D
-        if task == "lang":  # exact-match is 0 by design: the accuracy on references
+        if task == "lang":  # also the accuracy on references
             refs = [r["correct"] == "1" for r in size_rows if int(float(r["kind"])) == tasks.REFERENCE]
             assert s["reference_acc"] == pytest.approx(np.mean(refs), abs=1e-4)
         else:
             assert "reference_acc" not in s
+    # pooled over the training sizes and over the others: every token counts once
+    for name, ood in (("in_distribution", False), ("ood", True)):
+        pooled_rows = [r for r in rows if (int(r["n"]) > 5) == ood]
+        pooled = summary[name]
+        assert pooled["num"] == NUM * (1 if ood else 2)
+        assert pooled["mean_depth"] == pytest.approx(np.mean([int(r["depth"]) for r in pooled_rows]), abs=1e-3)
+        assert pooled["token_acc"] == pytest.approx(np.mean([r["correct"] == "1" for r in pooled_rows]), abs=1e-4)
+        per_size = [s["exact_match"] for s in sizes if s["ood"] == ood]
+        assert pooled["exact_match"] == pytest.approx(np.mean(per_size), abs=1e-3)
 
 
 def test_depth_needed_is_where_the_exits_stay_right():

@@ -358,14 +358,16 @@ def parse_lang_prompt(prompt):
 
 
 def resolve(stmts, var):
-    """Follow bindings from var; -> (value, hops, position of the chain's first statement)."""
+    """Follow bindings from var; -> (value, hops, position of the value's
+    statement, position of the earliest statement read on the way)."""
     by_var = {v: (pos, rhs) for pos, v, rhs in stmts}
-    hops = 0
+    hops, earliest = 0, None
     while True:
         pos, rhs = by_var[var]
         hops += 1
+        earliest = pos if earliest is None else min(earliest, pos)
         if rhs in tasks.VALUES:
-            return rhs, hops, pos
+            return rhs, hops, pos, earliest
         var = rhs
         assert hops <= len(stmts), "binding cycle"
 
@@ -377,10 +379,11 @@ def lang_cases():
         n = 1 + i % 16
         hops = 1 + (i // 16) % 5
         distractors = [None, 0, 3, 7][(i // 80) % 4]
+        order = tasks.CHAIN_ORDERS[(i // 320) % 2]
         if n + (n // 2 if distractors is None else distractors) > tasks.N_LABELS:
             distractors = 0
-        ex = tasks.make_example("lang", rng, n, hops=hops, distractors=distractors)
-        cases.append((n, hops, n // 2 if distractors is None else distractors, ex))
+        ex = tasks.make_example("lang", rng, n, hops=hops, distractors=distractors, chain_order=order)
+        cases.append((n, hops, n // 2 if distractors is None else distractors, order, ex))
     return cases
 
 
@@ -391,18 +394,19 @@ def lang_examples():
 
 def test_lang_resolution_and_features(lang_examples):
     max_hops_seen = {}
-    for n, hops, distractors, ex in lang_examples:
-        ctx = (n, hops, distractors, ex.prompt, ex.target)
+    for n, hops, distractors, order, ex in lang_examples:
+        ctx = (n, hops, distractors, order, ex.prompt, ex.target)
         assert ex.task == "lang" and ex.n == n and ex.graph is None
         stmts = parse_lang_prompt(ex.prompt)
         variables = [v for _, v, _ in stmts]
         assert len(set(variables)) == len(variables), "variable bound twice"
         assert len(stmts) == n + distractors, ctx
-        # every referenced variable is bound earlier in the prompt
-        bound = set()
-        for _, v, rhs in stmts:
-            assert rhs in tasks.VALUES or rhs in bound, ctx
-            bound.add(v)
+        # forward: every referenced variable is bound earlier in the prompt, so
+        # reading it resolves it; reverse: later, so a query must chase it
+        where = {v: pos for pos, v, _ in stmts}
+        for pos, v, rhs in stmts:
+            if rhs in tasks.LABELS:
+                assert (where[rhs] < pos) == (order == "forward"), ctx
         n_q = min(4, n)
         t = ex.target
         assert len(t) == 4 * n_q + 1 and t[-1] == "<end>", ctx
@@ -412,9 +416,10 @@ def test_lang_resolution_and_features(lang_examples):
         for q in range(n_q):
             var, arrow, value, semi = t[4 * q:4 * q + 4]
             assert arrow == "->" and semi == ";", ctx
-            want_value, want_hops, root_pos = resolve(stmts, var)
+            want_value, want_hops, root_pos, earliest = resolve(stmts, var)
             assert value == want_value, ctx
-            assert ex.prompt[root_pos + 2] == value  # the chain's first statement: root = VALUE
+            assert ex.prompt[root_pos + 2] == value  # the chain's root: root = VALUE
+            assert earliest == (root_pos if order == "forward" else where[var]), ctx
             value_pos = len(ex.prompt) + 4 * q + 2
             f = ex.features[4 * q:4 * q + 4]
             assert f[0]["kind"] == tasks.RANDOM and f[0]["hops"] == 0 and f[0]["distance"] == 0
@@ -422,10 +427,10 @@ def test_lang_resolution_and_features(lang_examples):
             assert f[2]["kind"] == tasks.REFERENCE, ctx
             assert f[2]["hops"] == want_hops, ctx
             assert 1 <= f[2]["hops"] <= hops, ctx
-            assert f[2]["distance"] == value_pos - root_pos, ctx
+            assert f[2]["distance"] == value_pos - earliest, ctx
             assert f[3]["kind"] == tasks.FILLER and f[3]["hops"] == 0 and f[3]["distance"] == 0
             queried.append(var)
-            max_hops_seen[hops] = max(max_hops_seen.get(hops, 0), want_hops)
+            max_hops_seen[hops, order] = max(max_hops_seen.get((hops, order), 0), want_hops)
         end = ex.features[-1]
         assert end["kind"] == tasks.FILLER and end["hops"] == 0 and end["distance"] == 0
         assert len(set(queried)) == n_q, "a variable queried twice"
@@ -440,7 +445,33 @@ def test_lang_resolution_and_features(lang_examples):
             for _, v, rhs in others:
                 assert rhs in tasks.VALUES and v not in referenced, ctx
     # the hops parameter is actually reached
-    assert max_hops_seen == {h: h for h in range(1, 6)}, max_hops_seen
+    assert max_hops_seen == {(h, o): h for h in range(1, 6) for o in tasks.CHAIN_ORDERS}, max_hops_seen
+
+
+def test_lang_chain_orders_draw_the_same_bindings():
+    """reverse changes only the order of each chain's statements: the same
+    seed gives the same variables, values, queries and features but distance."""
+    for seed in range(50):
+        fwd, rev = (tasks.make_example("lang", random.Random(seed), 8, chain_order=o) for o in tasks.CHAIN_ORDERS)
+        if any(rhs in tasks.LABELS for _, _, rhs in parse_lang_prompt(fwd.prompt)):  # a chain of 2+
+            assert fwd.prompt != rev.prompt
+        assert {(v, r) for _, v, r in parse_lang_prompt(fwd.prompt)} == \
+            {(v, r) for _, v, r in parse_lang_prompt(rev.prompt)}
+        assert fwd.target == rev.target
+        strip = [{k: x for k, x in f.items() if k != "distance"} for f in fwd.features]
+        assert strip == [{k: x for k, x in f.items() if k != "distance"} for f in rev.features]
+    with pytest.raises(ValueError, match="chain order"):
+        tasks.make_example("lang", random.Random(0), 6, chain_order="sideways")
+
+
+def test_by_chance_marks_only_lang_queried_variables():
+    ex = tasks.make_example("lang", random.Random(0), 6)
+    assert [tasks.by_chance(f) for f in ex.features] == [f["kind"] == tasks.RANDOM for f in ex.features]
+    assert sum(tasks.by_chance(f) for f in ex.features) == 4
+    _, targets, feats = tasks.make_batch([ex])
+    assert tasks.by_chance(feats).sum() == 4 and not tasks.by_chance(feats)[targets == -1].any()
+    dfs = tasks.make_example("dfs", random.Random(0), 6)
+    assert not any(tasks.by_chance(f) for f in dfs.features)
 
 
 def test_lang_kind_constants():

@@ -337,6 +337,7 @@ def early_ckpt_dir(tmp_path_factory):
     ["--curriculum", "-5"],
     ["--halt-warmup", "-1"],
     ["--ponder", "-0.1"],
+    ["--task", "dfs", "--chain-order", "reverse"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments(args, tmp_path, capsys):
     torch.manual_seed(0)

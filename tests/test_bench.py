@@ -1,0 +1,43 @@
+"""Tests for bench.py's commands that produce files (never their timings or accuracies)."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tradeoff(out):
+    return subprocess.run([sys.executable, "bench.py", "tradeoff", "--task", "lang", "--chain-order", "reverse",
+                           "--quick", "--ponders", "0.01", "--out", str(out)],
+                          cwd=REPO, text=True, capture_output=True, timeout=600)
+
+
+def test_tradeoff_quick_writes_every_point_and_resumes(tmp_path):
+    res = tradeoff(tmp_path)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    result = json.loads((tmp_path / "tradeoff.json").read_text())
+    assert result["task"] == "lang" and result["chain_order"] == "reverse"
+    rows = result["rows"]
+    # --quick: fixed depths 1..2, then each adaptive router at the one ponder
+    assert [(r["router"], r["max_depth"], r["ponder"]) for r in rows] == \
+        [("none", 1, None), ("none", 2, None), ("early", 2, 0.01), ("online", 2, 0.01)]
+    for r in rows:
+        assert {"router", "max_depth", "ponder", "mean_depth", "exact_match", "exact_match_ood",
+                "minutes", "reference_acc", "reference_acc_ood"} <= r.keys()
+        assert 1 <= r["mean_depth"] <= r["max_depth"] and 1 <= r["mean_depth_ood"] <= r["max_depth"]
+        assert 0 <= r["exact_match"] <= 1 and 0 <= r["exact_match_ood"] <= 1
+        if r["router"] == "none":
+            assert r["mean_depth"] == r["max_depth"]
+        # each point is a train.py run in its own folder, evaluated in and out of distribution
+        summary = json.loads((tmp_path / r["run"] / "summary.json").read_text())
+        assert summary["ood"]["exact_match"] == r["exact_match_ood"]
+        assert [s["n"] for s in summary["sizes"] if s["ood"]] == [9, 10]
+        with open(tmp_path / r["run"] / "config.json") as f:
+            assert json.load(f)["chain_order"] == "reverse"
+    # the same command again trains nothing: finished runs are kept
+    logs = {p: p.read_text() for p in tmp_path.glob("*.train.log")}
+    again = tradeoff(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_text() for p in tmp_path.glob("*.train.log")} == logs
+    assert json.loads((tmp_path / "tradeoff.json").read_text())["rows"] == rows
