@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import torch
 
 import tasks
+import train
 from model import ROUTERS, ANIRA, ModelConfig
 
 
@@ -59,7 +60,8 @@ def main(argv=None):
     t.add_argument("--task", default="dfs", choices=tasks.TASKS)
     t.add_argument("--chain-order", default="forward", choices=tasks.CHAIN_ORDERS, help="lang's regime")
     t.add_argument("--sizes", default="4-8", help="training sizes")
-    t.add_argument("--ood-sizes", default=None, help="sizes never trained on (default: the two above --sizes)")
+    t.add_argument("--ood-to", type=int, default=None,
+                   help="evaluate up to this size; those above --sizes are OOD (default: two above)")
     t.add_argument("--max-depth", type=int, default=4)
     t.add_argument("--ponders", default="0.002,0.01,0.03", help="comma-separated --ponder values")
     t.add_argument("--steps", type=int, default=2000, help="training steps of every point")
@@ -112,16 +114,16 @@ def speed(args):
 
 
 def tradeoff(args):
+    lo, hi = train.parse_size_range(args.sizes, args.task)
+    ood_to = args.ood_to or min(hi + 2, tasks.max_size(args.task))
     try:
         ponders = [float(x) for x in args.ponders.split(",")]
-        lo, hi = (int(x) for x in args.sizes.split("-"))
-        ood = args.ood_sizes or f"{hi + 1}-{min(hi + 2, tasks.max_size(args.task))}"
-        if min(ponders) < 0 or args.max_depth < 1 or args.steps < 1 or args.jobs < 1 or args.num < 1:
+        if min(ponders) < 0 or min(args.max_depth, args.steps, args.jobs, args.num) < 1 or ood_to <= hi:
             raise ValueError
+        tasks.check_size(args.task, ood_to)
     except ValueError:
-        print("error: --ponders takes numbers >= 0 like 0.002,0.01; --sizes a range like 4-8; "
-              "--max-depth, --steps, --jobs and --num at least 1", file=sys.stderr)
-        sys.exit(2)
+        train.fail("--ponders takes numbers >= 0 like 0.002,0.01; --max-depth, --steps, --jobs and --num "
+                   "are at least 1; --ood-to is above --sizes and within what the task can label")
     D = 2 if args.quick else args.max_depth
     # longest runs first (the adaptive routers, then the deepest fixed depths), so
     # that the last ones to finish are short and no core sits idle at the end
@@ -131,21 +133,19 @@ def tradeoff(args):
                                    + ("-reverse" if args.chain_order == "reverse" else "")
                                    + ("-quick" if args.quick else ""))
     os.makedirs(out, exist_ok=True)
-    train_flags = ["--task", args.task, "--sizes", args.sizes, "--max-iters", str(args.steps)]
-    if args.chain_order != "forward":
-        train_flags += ["--chain-order", args.chain_order]
-    eval_flags = ["--num", str(args.num)]
-    if args.quick:  # seconds per point: a tiny model and a few steps
-        train_flags = ["--task", args.task, "--sizes", args.sizes, "--max-iters", "6", "--eval-every", "3",
-                       "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2", "--d-model", "32",
-                       "--chain-order", args.chain_order]
-        eval_flags = ["--num", "3"]
+    steps = 6 if args.quick else args.steps
+    train_flags = ["--task", args.task, "--sizes", args.sizes, "--chain-order", args.chain_order,
+                   "--max-iters", str(steps)]
+    eval_flags = ["--sizes", f"{lo}-{ood_to}", "--num", "3" if args.quick else str(args.num)]
+    if args.quick:  # seconds per point: a tiny model
+        train_flags += ["--eval-every", "3", "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2",
+                        "--d-model", "32"]
     env = dict(os.environ, **({"OMP_NUM_THREADS": "1"} if args.jobs > 1 else {}))
     print(f"{len(points)} runs in {out}, {args.jobs} at a time"
           + (" with one thread each" if args.jobs > 1 else ""), flush=True)
     rows, t0 = [], time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        todo = [pool.submit(tradeoff_point, point, out, train_flags, eval_flags, ood, env) for point in points]
+        todo = [pool.submit(tradeoff_point, point, out, steps, train_flags, eval_flags, env) for point in points]
         for done, future in enumerate(as_completed(todo), 1):
             row = future.result()
             rows.append(row)
@@ -156,16 +156,17 @@ def tradeoff(args):
                   flush=True)
     rows.sort(key=lambda r: (("none", "early", "online").index(r["router"]), r["max_depth"], r["ponder"] or 0))
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
-        json.dump({"task": args.task, "chain_order": args.chain_order, "sizes": args.sizes, "ood_sizes": ood,
-                   "steps": args.steps, "jobs": args.jobs, "rows": rows}, f, indent=2)
+        json.dump({"task": args.task, "chain_order": args.chain_order, "sizes": f"{lo}-{hi}",
+                   "ood_sizes": f"{hi + 1}-{ood_to}", "steps": steps, "jobs": args.jobs, "rows": rows}, f, indent=2)
     print(tradeoff_table(rows))
     plotted = tradeoff_plot(rows, os.path.join(out, "tradeoff.png"), f"{args.task} {args.chain_order}")
     print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
 
 
-def tradeoff_point(point, out, train_flags, eval_flags, ood, env):
-    """Train one point of the curve (unless its run has finished), evaluate it
-    in and out of distribution, and return its row of tradeoff.json."""
+def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
+    """Train one point of the curve (unless its run has finished: a sweep
+    stopped by Ctrl-C resumes), evaluate it in and out of distribution, and
+    return its row of tradeoff.json."""
     router, depth, ponder = point
     name = f"{router}-d{depth}" if ponder is None else f"{router}-p{ponder:g}"
     run = os.path.join(out, name)
@@ -173,14 +174,12 @@ def tradeoff_point(point, out, train_flags, eval_flags, ood, env):
     if ponder is not None:
         flags += ["--ponder", str(ponder)]
     log = read_jsonl(os.path.join(run, "log.jsonl"))
-    steps = int(flags[flags.index("--max-iters") + 1])
     if not log or log[-1]["step"] < steps:
         resume = ["--resume"] if os.path.isfile(os.path.join(run, "ckpt.pt")) else []
         run_logged([sys.executable, "train.py"] + flags + resume, run + ".train.log", env)
         log = read_jsonl(os.path.join(run, "log.jsonl"))
-    sizes = f"{flags[flags.index('--sizes') + 1].split('-')[0]}-{ood.split('-')[-1]}"
-    run_logged([sys.executable, "evaluate.py", "--ckpt", os.path.join(run, "ckpt.pt"), "--sizes", sizes]
-               + eval_flags, run + ".eval.log", env)
+    run_logged([sys.executable, "evaluate.py", "--ckpt", os.path.join(run, "ckpt.pt")] + eval_flags,
+               run + ".eval.log", env)
     with open(os.path.join(run, "summary.json")) as f:
         summary = json.load(f)
     inside, outside = summary["in_distribution"], summary["ood"]
