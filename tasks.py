@@ -18,9 +18,10 @@ Three tasks, each with explicit difficulty parameters:
   lang  variable bindings, then queries resolved through chains of `hops`.
         prompt:  3 = C ; 8 = 3 ; 5 = A ; <sep>  target: 8 -> C ; 5 -> A ; <end>
         chain_order="reverse" writes each chain last link first
-        (8 = 3 ; 5 = A ; 3 = C): the prompt can no longer resolve a chain
-        while it is read, so a k-hop query chases k bindings at the query
-        token itself. That is the regime where depth is needed.
+        (8 = 3 ; 5 = A ; 3 = C): when a statement is read, the variable it
+        names is not bound yet, so a k-hop query has to chase its bindings at
+        the query token itself: the regime built for depth to be needed
+        (README, "A regime where depth is needed").
 
 Node and variable names are random labels out of N_LABELS (twice the largest
 training size), so a larger test graph needs no new tokens.
