@@ -51,7 +51,12 @@ def main(argv=None):
     default_hi = min(2 * train_sizes[1], tasks.max_size(task))
     sizes = parse_size_range(args.sizes or f"{train_sizes[0]}-{default_hi}", task)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt))
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:  # unwritable, or a file of that name
+        fail(f"--out {out_dir}: cannot make a folder there ({e.strerror})")
+    if not os.access(out_dir, os.W_OK):
+        fail(f"--out {out_dir}: the folder is not writable")
     print(f"{task} / router {router}, trained on sizes {train_sizes[0]}-{train_sizes[1]}, "
           f"step {ckpt['step']}; {args.num} examples per size")
 
@@ -178,10 +183,14 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--show", type=int, default=0, help="print K generated examples with depths")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="folder for tokens.csv and summary.json")
+    p.add_argument("--out", default=None,
+                   help="folder for tokens.csv and summary.json, created if missing "
+                        "(a name ending in .csv or .json is refused: it is not a file name)")
     args = p.parse_args(argv)
     if args.num < 1 or args.batch_size < 1 or args.show < 0:
         fail("--num and --batch-size must be at least 1, --show at least 0")
+    if args.out and args.out.endswith((".csv", ".json")):  # would make a folder named x.csv
+        fail(f"--out {args.out}: --out is a folder (tokens.csv and summary.json go in it), not a file")
     return args
 
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -61,9 +62,12 @@ def main(argv=None):
         step, elapsed = ckpt["step"], ckpt["elapsed"]
         rng.setstate(ckpt["rng"])
         torch.set_rng_state(ckpt["torch_rng"])
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+    except OSError as e:  # unwritable, or a file of that name
+        fail(f"--out {out_dir}: cannot write there ({e.strerror})")
     held_out = tasks.sample_examples(args.task, eval_rng, args.size_range, args.eval_num, **task_params(vars(args)))
     n_params = sum(p.numel() for p in model.parameters())
     budget = f" or {args.max_minutes:g} minutes" if args.max_minutes else ""
@@ -78,9 +82,10 @@ def main(argv=None):
         torch.save(state, tmp)
         os.replace(tmp, ckpt_path)  # atomic: a crash never leaves half a checkpoint
 
-    log = open(os.path.join(out_dir, "log.jsonl"), "a")
+    log_path = os.path.join(out_dir, "log.jsonl")
+    logged = trim_log(log_path, step) if args.resume else set()  # the steps with a row
+    log = open(log_path, "a" if args.resume else "w")
     t0 = t_mark = time.time() - elapsed
-    first_step = step
     tokens_seen = 0
     train_parts = {}  # the training loss terms since the last evaluation
     # Ctrl-C asks the loop to stop between two steps, never inside an update;
@@ -94,7 +99,7 @@ def main(argv=None):
     previous_handler = signal.signal(signal.SIGINT, request_stop)
     try:
         while step < args.max_iters and not out_of_time(elapsed, args) and not interrupted:
-            if step % args.eval_every == 0 and not (args.resume and step == first_step):
+            if step % args.eval_every == 0 and step not in logged:
                 stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
                 check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
                 speed = round(tokens_seen / max(1e-9, time.time() - t_mark)) if step else None
@@ -103,6 +108,7 @@ def main(argv=None):
                 report(stats, args, elapsed)
                 log.write(json.dumps(stats) + "\n")
                 log.flush()
+                logged.add(step)
                 save()
                 t_mark, tokens_seen, train_parts = time.time(), 0, {}
             lr = learning_rate(step, elapsed, args)
@@ -130,7 +136,7 @@ def main(argv=None):
             elapsed = time.time() - t0
         if interrupted:
             print(f"\ninterrupted at step {step}: saving {ckpt_path}")
-        else:
+        elif step not in logged:  # e.g. resumed with --max-iters at or below the checkpoint's step
             stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
             check_finite(stats["loss"], step, ckpt_path)
             stats.update(step=step, minutes=round(elapsed / 60, 2), **mean_parts(train_parts))
@@ -214,6 +220,25 @@ def size_range_for_step(step, rng, args):
     return n, n
 
 
+def trim_log(path, step):
+    """On resume: keep the rows of log.jsonl up to the checkpoint's step and
+    return their steps. Later rows come from a run killed between writing a
+    row and saving its checkpoint; this run writes them again."""
+    kept = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # half a row, written as the run was killed
+                    continue
+                if row["step"] <= step:
+                    kept[row["step"]] = line
+    with open(path, "w") as f:
+        f.writelines(kept.values())
+    return set(kept)
+
+
 def check_finite(loss, step, ckpt_path):
     """A non-finite loss stops the run before anything is saved, so the
     checkpoint on disk stays the last good one."""
@@ -282,7 +307,13 @@ def load_checkpoint(path, args=None):
     if not os.path.isfile(path):
         fail(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a shared checkpoint can carry pickled objects whose
+        # code runs on loading; train.py saves only tensors and plain data
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch says the same for a foreign pickle and for bytes that are no pickle
+        fail(f"{path} is not a checkpoint written by train.py: it is unreadable or holds objects "
+             f"other than tensors and plain data, which are never loaded (they could run code)")
     except Exception as e:  # a truncated or foreign file
         fail(f"{path} is not a readable checkpoint ({type(e).__name__})")
     if not isinstance(ckpt, dict) or not {"model", "model_config", "config", "step"} <= ckpt.keys():
@@ -378,7 +409,11 @@ def parse_args(argv):
     for name in ("d_model", "n_heads", "max_depth", "batch_size", "max_iters", "eval_every", "eval_num"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("ponder", "token_shift", "curriculum", "halt_warmup", "warmup", "max_minutes"):
+    for name in ("ponder", "lr", "min_lr", "weight_decay", "grad_clip", "max_minutes"):
+        if not math.isfinite(getattr(args, name)):  # argparse's float() takes nan and inf
+            fail(f"--{name.replace('_', '-')} must be a finite number")
+    for name in ("ponder", "token_shift", "curriculum", "halt_warmup", "warmup", "max_minutes",
+                 "lr", "min_lr", "weight_decay", "grad_clip"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:

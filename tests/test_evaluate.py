@@ -219,6 +219,7 @@ def test_errors_through_the_command_line(evaluated, tmp_path):
     results = run_all([
         ("evaluate.py", "--ckpt", str(tmp_path / "missing.pt"), "--out", out),
         ("evaluate.py", "--ckpt", str(evaluated["dfs"][0]), "--sizes", "4-40", "--num", "1", "--out", out),
+        ("evaluate.py", "--ckpt", str(evaluated["dfs"][0]), "--num", "1", "--out", "/proc/nope/x"),
     ])
     for res in results:
         assert_one_error_line(res.returncode, res.stderr)
@@ -239,11 +240,14 @@ def test_errors_in_process(evaluated, tmp_path, capsys):
                  ["--ckpt", str(evaluated["lang"][0]), "--sizes", "20-22", "--num", "1"],  # lang 22 needs 33 labels
                  ["--ckpt", str(evaluated["dfs"][0]), "--sizes", "1-3"],
                  ["--ckpt", str(evaluated["dfs"][0]), "--sizes", "six"],
-                 ["--ckpt", str(evaluated["dfs"][0]), "--num", "0"]):
+                 ["--ckpt", str(evaluated["dfs"][0]), "--num", "0"],
+                 ["--ckpt", str(evaluated["dfs"][0]), "--out", str(tmp_path / "x.csv")],  # a file name
+                 ["--ckpt", str(evaluated["dfs"][0]), "--out", str(foreign)],  # an existing file
+                 ["--ckpt", str(evaluated["dfs"][0]), "--out", "/proc/nope/x"]):
         with pytest.raises(SystemExit) as e:
-            evaluate.main([*args, "--out", out])
+            evaluate.main(["--out", out, *args])  # a later --out wins
         assert_one_error_line(e.value.code, capsys.readouterr().err)
-    assert not os.path.exists(out)
+    assert not os.path.exists(out) and not os.path.exists(tmp_path / "x.csv")
 
 
 def test_same_rows_with_other_batching(evaluated, tmp_path, capsys):

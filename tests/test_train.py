@@ -338,6 +338,15 @@ def early_ckpt_dir(tmp_path_factory):
     ["--halt-warmup", "-1"],
     ["--ponder", "-0.1"],
     ["--task", "dfs", "--chain-order", "reverse"],
+    ["--lr", "nan"],
+    ["--lr", "-1"],
+    ["--min-lr", "nan"],
+    ["--weight-decay", "inf"],
+    ["--weight-decay", "-0.1"],
+    ["--grad-clip", "nan"],
+    ["--grad-clip", "-1"],
+    ["--max-minutes", "nan"],
+    ["--ponder", "inf"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments(args, tmp_path, capsys):
     torch.manual_seed(0)
@@ -406,3 +415,66 @@ def test_errors_through_the_command_line(early_ckpt_dir, tmp_path):
     for res in results:
         assert_one_error_line(res.returncode, res.stderr)
     assert not os.path.exists(x)
+
+
+class RunsCode:
+    """A pickled object whose unpickling makes a folder: the attack a shared checkpoint can carry."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_checkpoint_that_carries_code_never_runs_it(early_ckpt_dir, tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    ckpt = load(early_ckpt_dir / "ckpt.pt")
+    ckpt["model"] = RunsCode(str(marker))
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    torch.save(ckpt, evil_dir / "ckpt.pt")
+    with pytest.raises(SystemExit) as e:
+        train.load_checkpoint(str(evil_dir / "ckpt.pt"))
+    assert_one_error_line(e.value.code, capsys.readouterr().err)
+    results = run_all([
+        ("evaluate.py", "--ckpt", str(evil_dir / "ckpt.pt"), "--out", str(tmp_path / "ev")),
+        ("train.py", *TINY, "--router", "early", "--resume", "--out", str(evil_dir)),
+    ])
+    for res in results:
+        assert_one_error_line(res.returncode, res.stderr)
+    assert not marker.exists()
+
+
+def test_unwritable_out_is_one_error_line(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    results = run_all([("train.py", *TINY, "--max-iters", "1", "--out", "/proc/nope/x"),
+                       ("train.py", *TINY, "--max-iters", "1", "--out", str(a_file))])
+    for res in results:
+        assert_one_error_line(res.returncode, res.stderr)
+        assert "--out" in res.stderr
+
+
+def steps_logged(out):
+    return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_log_holds_each_step_once(tmp_path, capsys):
+    """Resuming at or below the checkpoint's step adds no row; rows a killed run
+    wrote after its last checkpoint (and half a row) are replaced, not repeated."""
+    torch.manual_seed(0)
+    out = tmp_path / "r"
+    flags = [*TINY, "--eval-every", "2", "--out", str(out)]
+    train.main([*flags, "--max-iters", "3"])
+    assert steps_logged(out) == [0, 2, 3]
+    for max_iters in ("3", "1"):
+        train.main([*flags, "--resume", "--max-iters", max_iters])
+        assert steps_logged(out) == [0, 2, 3]
+    with open(out / "log.jsonl", "a") as f:  # killed after logging step 4, before its checkpoint
+        f.write(json.dumps({"step": 4, "loss": -1.0}) + "\n" + '{"step": 6, "lo')
+    train.main([*flags, "--resume", "--max-iters", "5"])
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3, 4, 5] and rows[3]["loss"] > 0
+    train.main([*flags, "--max-iters", "1"])  # a new run in the same folder starts a new log
+    assert steps_logged(out) == [0, 1]
+    capsys.readouterr()
