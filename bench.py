@@ -4,6 +4,7 @@ Speed and quality benchmarks: the targets that tests must not time.
     python bench.py speed                       # training steps/s per router, alternating
     python bench.py data                        # examples/s of every task generator
     python bench.py check out/dfs-online        # a finished run against the quality bars
+    python bench.py generate --ckpt out/dfs-early/ckpt.pt out/dfs-online/ckpt.pt   # halting's saving at inference
 
 `speed` times training steps of every router on the same batches, in
 alternating order, and reports medians and the ratio to router none: timings
@@ -13,9 +14,14 @@ bars of the project: >= 90% greedy exact-match on held-out examples of the
 training sizes within 15 minutes, and for an adaptive router a mean depth
 clearly below max_depth with at least 3 distinct depths and a standard
 deviation of at least 0.5 (no collapse to one depth).
+`generate` times greedy generation of trained adaptive models (see
+`generate_speed`): routed against the same weights forced to max_depth, and
+against a fixed depth equal to the routed mean rounded up.
 """
 import argparse
+import dataclasses
 import json
+import math
 import os
 import random
 import statistics
@@ -25,6 +31,7 @@ import time
 import torch
 
 import tasks
+import train
 from model import ROUTERS, ANIRA, ModelConfig
 
 
@@ -40,11 +47,22 @@ def main(argv=None):
     d.add_argument("--num", type=int, default=5000)
     c = sub.add_parser("check", help="check a finished run against the quality bars")
     c.add_argument("run", help="the --out folder of a train.py run")
+    g = sub.add_parser("generate", help="generation speed: routed against full depth and a fixed depth")
+    g.add_argument("--ckpt", nargs="+", help="checkpoints of adaptive routers (default: train small "
+                                             "early and online models on the spot)")
+    g.add_argument("--quick", action="store_true", help="a tiny model and few prompts: proves the command works")
+    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--batch-sizes", default="1,8,32")
+    g.add_argument("--prompts", type=int, default=32, help="prompts, each batch size runs all of them")
+    g.add_argument("--n", type=int, default=8, help="graph size of the prompts (dfs, topo)")
+    g.add_argument("--json", default="bench.json", help="where to write the results")
     args = p.parse_args(argv)
     if args.what == "speed":
         speed(args)
     elif args.what == "data":
         data_speed(args)
+    elif args.what == "generate":
+        generate_speed(args)
     else:
         sys.exit(0 if check(args.run) else 1)
 
@@ -90,6 +108,132 @@ def data_speed(args):
             for _ in range(args.num):
                 tasks.make_example(task, rng, n)
             print(f"{task:>5} n={n:<3} {args.num / (time.perf_counter() - t):>9.0f} examples/s")
+
+
+def generate_speed(args):
+    """Greedy generation, the routed model against the same weights forced to
+    max_depth (a halting threshold above 1: no hazard passes it), over the same
+    prompts, alternating, medians of --rounds. The prompt runs at full depth in
+    both modes (only its last token is routed), so it is timed on its own
+    (generate with one new token) and taken off both to judge decoding:
+
+      ideal            blocks run / blocks at full depth while decoding, prelude
+                       included: mean of (n_prelude + d) / (n_prelude + max_depth)
+      skip efficiency  (1 - measured time ratio) / (1 - ideal); 1 means every
+                       skipped block saved its full share of the time.
+
+    Also the same weights as a fixed-depth model (router none) whose depth is
+    the routed mean depth rounded up: the cheapest fixed alternative."""
+    if args.quick:
+        args.rounds, args.batch_sizes, args.prompts = 1, "1,4", 4
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.prompts % max(batch_sizes):
+        train.fail(f"--prompts {args.prompts} must be a multiple of every batch size")
+    models = [load_or_train(path, args.quick) for path in args.ckpt] if args.ckpt else \
+        [load_or_train(router, args.quick) for router in ("early", "online")]
+    print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, "
+          f"median of {args.rounds} rounds")
+    results = []
+    for name, task, model in models:
+        prompts = equal_length_prompts(task, args.n, args.prompts)
+        n_new = len(prompts.target[0])
+        routed, full = model, twin(model, halt_threshold=2.0)
+        depths = generate_all(routed, prompts.ids, max(batch_sizes), n_new)[1][:, 1:].float()
+        D, n_pre = model.cfg.max_depth, model.cfg.n_prelude
+        ideal = ((n_pre + depths) / (n_pre + D)).mean().item()
+        fixed_depth = math.ceil(depths.mean().item())
+        fixed = twin(model, router="none", max_depth=fixed_depth)
+        variants = {"routed": routed, "full": full, "fixed": fixed}
+        print(f"\n{name}: {task}, n={args.n}, {len(prompts.ids)} prompts of {prompts.ids.shape[1]} tokens, "
+              f"{n_new} new tokens; decoding mean depth {depths.mean():.2f} of {D}; "
+              f"fixed depth {fixed_depth}")
+        print(f"{'batch':>5} {'tok/s routed':>12} {'full':>7} {'fixed':>7} {'prompt share':>12} "
+              f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10}")
+        rows = []
+        for B in batch_sizes:
+            t = {v: {1: [], n_new: []} for v in variants}
+            for r in range(args.rounds + 1):  # round 0 warms up
+                order = list(variants) if r % 2 == 0 else list(reversed(variants))
+                for v in order:
+                    for n in (1, n_new):
+                        start = time.perf_counter()
+                        generate_all(variants[v], prompts.ids, B, n)
+                        if r:
+                            t[v][n].append(time.perf_counter() - start)
+            med = {v: {n: statistics.median(ts) for n, ts in t[v].items()} for v in variants}
+            decode = {v: med[v][n_new] - med[v][1] for v in variants}
+            ratio = decode["routed"] / decode["full"]
+            row = dict(batch=B,
+                       tokens_per_s={v: len(prompts.ids) * n_new / med[v][n_new] for v in variants},
+                       prompt_share=med["full"][1] / med["full"][n_new],
+                       decode_ratio=ratio, ideal=ideal,
+                       skip_efficiency=(1 - ratio) / (1 - ideal) if ideal < 1 else None,  # nothing skipped
+                       end_to_end_ratio=med["routed"][n_new] / med["full"][n_new],
+                       seconds={v: med[v] for v in variants})
+            rows.append(row)
+            tps = row["tokens_per_s"]
+            print(f"{B:>5} {tps['routed']:>12.0f} {tps['full']:>7.0f} {tps['fixed']:>7.0f} "
+                  f"{row['prompt_share']:>12.2f} {ratio:>12.2f} {ideal:>6.2f} "
+                  f"{fmt(row['skip_efficiency']):>8} {row['end_to_end_ratio']:>10.2f}")
+        results.append(dict(model=name, task=task, router=model.cfg.router, max_depth=D,
+                            decode_mean_depth=depths.mean().item(), fixed_depth=fixed_depth, rows=rows))
+    report = dict(threads=torch.get_num_threads(), load_average=os.getloadavg()[0], rounds=args.rounds,
+                  prompts=args.prompts, n=args.n, quick=args.quick, models=results)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def load_or_train(source, quick):
+    """(name, task, model) from a checkpoint path, or a small model of router
+    `source` trained on the spot on dfs (--quick: a tiny one, a few steps)."""
+    if source in ROUTERS:
+        out = os.path.join("out", "bench", f"{'quick' if quick else 'small'}-{source}")
+        steps = ["--max-iters", "40", "--halt-warmup", "10", "--eval-every", "40", "--eval-num", "16",
+                 "--warmup", "5", "--d-model", "32", "--n-heads", "2", "--ponder", "0.5"] if quick else \
+                ["--max-iters", "250", "--halt-warmup", "50", "--ponder", "0.02", "--eval-every", "125", "--eval-num", "64"]
+        if not os.path.isfile(os.path.join(out, "ckpt.pt")):
+            print(f"training a small {source} model on the spot in {out}")
+            train.main(["--task", "dfs", "--router", source, "--out", out, *steps])
+        source = os.path.join(out, "ckpt.pt")
+    ckpt = train.load_checkpoint(source)
+    if ckpt["model_config"]["router"] == "none":
+        train.fail(f"{source}: router none has no halting to measure")
+    model = ANIRA(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return source, ckpt["config"]["task"], model.eval()
+
+
+def twin(model, **changes):
+    """The same weights under another config: a halting threshold, or router
+    none at a smaller max_depth (the first depth embeddings, no router)."""
+    cfg = dataclasses.replace(model.cfg, **changes)
+    other = ANIRA(cfg)
+    state = {k: v for k, v in model.state_dict().items() if k in other.state_dict()}
+    state["depth_embed"] = state["depth_embed"][:cfg.max_depth]
+    other.load_state_dict(state)
+    return other.eval()
+
+
+def equal_length_prompts(task, n, num):
+    """`num` prompts of size n and of one length (generate() takes a batch of
+    equal lengths): the most common length among fresh examples."""
+    rng = random.Random(30_000)
+    pool = [tasks.make_example(task, rng, n) for _ in range(max(1000, 50 * num))]
+    length = statistics.mode(len(ex.prompt) for ex in pool)
+    chosen = [ex for ex in pool if len(ex.prompt) == length][:num]
+    ids = torch.tensor([tasks.encode(ex.prompt) for ex in chosen])
+    return argparse.Namespace(ids=ids, target=[ex.target for ex in chosen])
+
+
+def generate_all(model, prompts, batch_size, n_new):
+    """Greedy generation of n_new tokens for every prompt, batch_size at a time."""
+    out = [model.generate(prompts[i:i + batch_size], n_new) for i in range(0, len(prompts), batch_size)]
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
 def check(run):
