@@ -195,7 +195,7 @@ def load_or_train(source, quick):
         out = os.path.join("out", "bench", f"{'quick' if quick else 'small'}-{source}")
         steps = ["--max-iters", "40", "--halt-warmup", "10", "--eval-every", "40", "--eval-num", "16",
                  "--warmup", "5", "--d-model", "32", "--n-heads", "2", "--ponder", "0.5"] if quick else \
-                ["--max-iters", "250", "--halt-warmup", "50", "--ponder", "0.02", "--eval-every", "125", "--eval-num", "64"]
+                ["--max-iters", "250", "--halt-warmup", "50", "--ponder", "0.03", "--eval-every", "125", "--eval-num", "64"]
         if not os.path.isfile(os.path.join(out, "ckpt.pt")):
             print(f"training a small {source} model on the spot in {out}")
             train.main(["--task", "dfs", "--router", source, "--out", out, *steps])
