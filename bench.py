@@ -51,7 +51,7 @@ def main(argv=None):
     g.add_argument("--ckpt", nargs="+", help="checkpoints of adaptive routers (default: train small "
                                              "early and online models on the spot)")
     g.add_argument("--quick", action="store_true", help="a tiny model and few prompts: proves the command works")
-    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--rounds", type=int, default=15)
     g.add_argument("--batch-sizes", default="1,8,32")
     g.add_argument("--prompts", type=int, default=32, help="prompts, each batch size runs all of them")
     g.add_argument("--n", type=int, default=8, help="graph size of the prompts (dfs, topo)")
@@ -151,25 +151,27 @@ def generate_speed(args):
               f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10}")
         rows = []
         for B in batch_sizes:
-            t = {v: {1: [], n_new: []} for v in variants}
+            # per round and variant, the prompt alone then the whole generation, back to
+            # back: decoding is their difference, paired so that slow drifts cancel
+            t = {v: {"prompt": [], "total": [], "decode": []} for v in variants}
             for r in range(args.rounds + 1):  # round 0 warms up
                 order = list(variants) if r % 2 == 0 else list(reversed(variants))
                 for v in order:
-                    for n in (1, n_new):
-                        start = time.perf_counter()
-                        generate_all(variants[v], prompts.ids, B, n)
-                        if r:
-                            t[v][n].append(time.perf_counter() - start)
-            med = {v: {n: statistics.median(ts) for n, ts in t[v].items()} for v in variants}
-            decode = {v: med[v][n_new] - med[v][1] for v in variants}
-            ratio = decode["routed"] / decode["full"]
+                    prompt = timed(generate_all, variants[v], prompts.ids, B, 1)
+                    total = timed(generate_all, variants[v], prompts.ids, B, n_new)
+                    if r:
+                        t[v]["prompt"].append(prompt)
+                        t[v]["total"].append(total)
+                        t[v]["decode"].append(total - prompt)
+            med = {v: {what: statistics.median(ts) for what, ts in t[v].items()} for v in variants}
+            ratio = med["routed"]["decode"] / med["full"]["decode"]
             row = dict(batch=B,
-                       tokens_per_s={v: len(prompts.ids) * n_new / med[v][n_new] for v in variants},
-                       prompt_share=med["full"][1] / med["full"][n_new],
+                       tokens_per_s={v: len(prompts.ids) * n_new / med[v]["total"] for v in variants},
+                       prompt_share=med["full"]["prompt"] / med["full"]["total"],
                        decode_ratio=ratio, ideal=ideal,
                        skip_efficiency=(1 - ratio) / (1 - ideal) if ideal < 1 else None,  # nothing skipped
-                       end_to_end_ratio=med["routed"][n_new] / med["full"][n_new],
-                       seconds={v: med[v] for v in variants})
+                       end_to_end_ratio=med["routed"]["total"] / med["full"]["total"],
+                       seconds=med)
             rows.append(row)
             tps = row["tokens_per_s"]
             print(f"{B:>5} {tps['routed']:>12.0f} {tps['full']:>7.0f} {tps['fixed']:>7.0f} "
@@ -228,6 +230,12 @@ def equal_length_prompts(task, n, num):
     chosen = [ex for ex in pool if len(ex.prompt) == length][:num]
     ids = torch.tensor([tasks.encode(ex.prompt) for ex in chosen])
     return argparse.Namespace(ids=ids, target=[ex.target for ex in chosen])
+
+
+def timed(f, *args):
+    start = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - start
 
 
 def generate_all(model, prompts, batch_size, n_new):
