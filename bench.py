@@ -132,7 +132,7 @@ def generate_speed(args):
     models = [load_or_train(path, args.quick) for path in args.ckpt] if args.ckpt else \
         [load_or_train(router, args.quick) for router in ("early", "online")]
     print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, "
-          f"median of {args.rounds} rounds")
+          f"medians of {args.rounds} rounds (x batch / 8 from batch 16)")
     results = []
     for name, task, model in models:
         prompts = equal_length_prompts(task, args.n, args.prompts)
@@ -151,10 +151,13 @@ def generate_speed(args):
               f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10}")
         rows = []
         for B in batch_sizes:
-            # per round and variant, the prompt alone then the whole generation, back to
-            # back: decoding is their difference, paired so that slow drifts cancel
+            # Per round and variant, the prompt alone then the whole generation, back to
+            # back: decoding is their difference. The ratios are medians of each round's
+            # ratio, so that a slow spell of the machine cancels out. A large batch
+            # runs few generate() calls, so it gets more rounds.
             t = {v: {"prompt": [], "total": [], "decode": []} for v in variants}
-            for r in range(args.rounds + 1):  # round 0 warms up
+            rounds = args.rounds * max(1, B // 8)
+            for r in range(rounds + 1):  # round 0 warms up
                 order = list(variants) if r % 2 == 0 else list(reversed(variants))
                 for v in order:
                     prompt = timed(generate_all, variants[v], prompts.ids, B, 1)
@@ -164,18 +167,17 @@ def generate_speed(args):
                         t[v]["total"].append(total)
                         t[v]["decode"].append(total - prompt)
             med = {v: {what: statistics.median(ts) for what, ts in t[v].items()} for v in variants}
-            ratio = med["routed"]["decode"] / med["full"]["decode"]
-            row = dict(batch=B,
+            decode = median_ratio(t["routed"]["decode"], t["full"]["decode"])
+            row = dict(batch=B, rounds=rounds,
                        tokens_per_s={v: len(prompts.ids) * n_new / med[v]["total"] for v in variants},
-                       prompt_share=med["full"]["prompt"] / med["full"]["total"],
-                       decode_ratio=ratio, ideal=ideal,
-                       skip_efficiency=(1 - ratio) / (1 - ideal) if ideal < 1 else None,  # nothing skipped
-                       end_to_end_ratio=med["routed"]["total"] / med["full"]["total"],
-                       seconds=med)
+                       prompt_share=median_ratio(t["full"]["prompt"], t["full"]["total"]),
+                       decode_ratio=decode, ideal=ideal,
+                       skip_efficiency=(1 - decode) / (1 - ideal) if ideal < 1 else None,  # nothing skipped
+                       end_to_end_ratio=median_ratio(t["routed"]["total"], t["full"]["total"]), seconds=med)
             rows.append(row)
             tps = row["tokens_per_s"]
             print(f"{B:>5} {tps['routed']:>12.0f} {tps['full']:>7.0f} {tps['fixed']:>7.0f} "
-                  f"{row['prompt_share']:>12.2f} {ratio:>12.2f} {ideal:>6.2f} "
+                  f"{row['prompt_share']:>12.2f} {row['decode_ratio']:>12.2f} {ideal:>6.2f} "
                   f"{fmt(row['skip_efficiency']):>8} {row['end_to_end_ratio']:>10.2f}")
         results.append(dict(model=name, task=task, router=model.cfg.router, max_depth=D,
                             decode_mean_depth=depths.mean().item(), fixed_depth=fixed_depth, rows=rows))
@@ -184,6 +186,11 @@ def generate_speed(args):
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     print(f"\nwrote {args.json}")
+
+
+def median_ratio(a, b):
+    """The median over rounds of a[r] / b[r]."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def fmt(x):
