@@ -123,7 +123,11 @@ def generate_speed(args):
                        skipped block saved its full share of the time.
 
     Also the same weights as a fixed-depth model (router none) whose depth is
-    the routed mean depth rounded up: the cheapest fixed alternative."""
+    the routed mean depth rounded up: the cheapest fixed alternative. And, from
+    that model against the same at depth 1, the time one more iteration adds
+    to a decoding step (`iter us`): at batch 1 it is all per-iteration
+    overhead; only what it gains with the batch is work that skipping the
+    halted rows can save."""
     if args.quick:
         args.rounds, args.batch_sizes, args.prompts = 1, "1,4", 4
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -142,13 +146,13 @@ def generate_speed(args):
         D, n_pre = model.cfg.max_depth, model.cfg.n_prelude
         ideal = ((n_pre + depths) / (n_pre + D)).mean().item()
         fixed_depth = math.ceil(depths.mean().item())
-        fixed = twin(model, router="none", max_depth=fixed_depth)
-        variants = {"routed": routed, "full": full, "fixed": fixed}
+        variants = {"routed": routed, "full": full, "fixed": twin(model, router="none", max_depth=fixed_depth),
+                    "depth1": twin(model, router="none", max_depth=1)}
         print(f"\n{name}: {task}, n={args.n}, {len(prompts.ids)} prompts of {prompts.ids.shape[1]} tokens, "
               f"{n_new} new tokens; decoding mean depth {depths.mean():.2f} of {D}; "
               f"fixed depth {fixed_depth}")
         print(f"{'batch':>5} {'tok/s routed':>12} {'full':>7} {'fixed':>7} {'prompt share':>12} "
-              f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10}")
+              f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10} {'iter us':>7}")
         rows = []
         for B in batch_sizes:
             # Per round and variant, the prompt alone then the whole generation, back to
@@ -168,7 +172,10 @@ def generate_speed(args):
                         t[v]["decode"].append(total - prompt)
             med = {v: {what: statistics.median(ts) for what, ts in t[v].items()} for v in variants}
             decode = median_ratio(t["routed"]["decode"], t["full"]["decode"])
-            row = dict(batch=B, rounds=rounds,
+            steps = len(prompts.ids) // B * (n_new - 1)  # decoding steps per round
+            iteration = (med["fixed"]["decode"] - med["depth1"]["decode"]) / steps / (fixed_depth - 1) \
+                if fixed_depth > 1 else None
+            row = dict(batch=B, rounds=rounds, iteration_seconds=iteration,
                        tokens_per_s={v: len(prompts.ids) * n_new / med[v]["total"] for v in variants},
                        prompt_share=median_ratio(t["full"]["prompt"], t["full"]["total"]),
                        decode_ratio=decode, ideal=ideal,
@@ -178,7 +185,8 @@ def generate_speed(args):
             tps = row["tokens_per_s"]
             print(f"{B:>5} {tps['routed']:>12.0f} {tps['full']:>7.0f} {tps['fixed']:>7.0f} "
                   f"{row['prompt_share']:>12.2f} {row['decode_ratio']:>12.2f} {ideal:>6.2f} "
-                  f"{fmt(row['skip_efficiency']):>8} {row['end_to_end_ratio']:>10.2f}")
+                  f"{fmt(row['skip_efficiency']):>8} {row['end_to_end_ratio']:>10.2f} "
+                  f"{'-' if iteration is None else f'{1e6 * iteration:.0f}':>7}")
         results.append(dict(model=name, task=task, router=model.cfg.router, max_depth=D,
                             decode_mean_depth=depths.mean().item(), fixed_depth=fixed_depth, rows=rows))
     report = dict(threads=torch.get_num_threads(), load_average=os.getloadavg()[0], rounds=args.rounds,

@@ -16,9 +16,10 @@ def test_generate_quick_writes_every_measure(tmp_path, monkeypatch):
         assert m["fixed_depth"] == math.ceil(m["decode_mean_depth"])
         assert [row["batch"] for row in m["rows"]] == [1, 4]
         for row in m["rows"]:
-            assert set(row["tokens_per_s"]) == {"routed", "full", "fixed"}
+            assert set(row["tokens_per_s"]) == {"routed", "full", "fixed", "depth1"}
             assert all(v > 0 for v in row["tokens_per_s"].values())
             assert 0 < row["prompt_share"] < 1
             assert 0 < row["ideal"] <= 1
             assert row["decode_ratio"] > 0 and row["end_to_end_ratio"] > 0
             assert (row["skip_efficiency"] is None) == (row["ideal"] == 1)
+            assert (row["iteration_seconds"] is None) == (m["fixed_depth"] == 1)
