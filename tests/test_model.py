@@ -127,7 +127,7 @@ def test_token_shift_sees_exactly_the_k_previous_tokens(K):
         changed = (m.embed_tokens(other)[:, t] - whole[:, t]).abs().amax() > 0
         assert bool(changed) == (back <= K), (K, back)
     # in chunks with a cache (as generate() feeds it), the same inputs
-    cache, pieces = KVCache(), []
+    cache, pieces = KVCache(10, 0), []
     for lo, hi in ((0, 4), (4, 5), (5, 6), (6, 10)):
         pieces.append(m.embed_tokens(idx[:, lo:hi], cache))
         cache.length = hi
@@ -181,20 +181,35 @@ def test_full_depth_cases(router, share, reinject):
 
 
 def record_core_calls(m):
-    """Forward hook on the shared core block: (x, attend_to, output) per iteration."""
+    """Forward hook on the shared core block, one record per iteration: `run`,
+    the flat indices (into B*T) of the tokens that computed, with their inputs
+    `x` and outputs `out` (N, C), and `kv` (B*T, 2C), the keys and values every
+    position showed the others."""
     calls = []
 
     def hook(module, args, output):
-        calls.append((args[0].detach().clone(), args[1].detach().clone(), output.detach().clone()))
+        x, rope, cache, kv, run = (*args, None, None, None)[:5]
+        if kv is None:  # every token showed its own
+            kv = module.keys_values(x)
+        n = kv.shape[0] * kv.shape[1]
+        run = torch.arange(n) if run is None else run
+        calls.append(dict(run=run.clone(), x=x.reshape(len(run), -1).clone(),
+                          out=output.reshape(len(run), -1).clone(), kv=kv.reshape(n, -1).clone()))
 
     return calls, m.core[0].register_forward_hook(hook)
 
 
+def rows_of(call):
+    """{flat token index: its row in the call's x and out}"""
+    return {int(i): r for r, i in enumerate(call["run"])}
+
+
 @pytest.mark.parametrize("router", ["early", "online"])
 def test_halted_tokens_are_frozen_eval(router):
-    """A token halted after iteration d: its logits come from its state after
-    iteration d, and at every later iteration the others attend to exactly that
-    state; while it is active it attends with its own current input."""
+    """Inference: a token halted after iteration d is not computed again; its
+    logits come from its state after iteration d, and at every later iteration
+    the others attend to the keys and values of exactly that state. While it
+    runs, it shows the keys and values of its own input of that iteration."""
     torch.manual_seed(4)
     D = 4
     m = perturb(make(router, D=D, seed=4)).eval()
@@ -202,23 +217,26 @@ def test_halted_tokens_are_frozen_eval(router):
     calls, handle = record_core_calls(m)
     with torch.no_grad():
         out = m(idx)
+        halted = 0
+        assert 1 <= len(calls) <= D
+        rows = [rows_of(c) for c in calls]
+        for b in range(idx.shape[0]):
+            for t in range(idx.shape[1]):
+                i, d = b * idx.shape[1] + t, int(out.depth[b, t])
+                frozen = calls[d - 1]["out"][rows[d - 1][i]]
+                assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=1e-5)
+                for k in range(len(calls)):
+                    assert (i in rows[k]) == (k < d)  # computed while running, never after
+                    if k < d:  # running: its own input of iteration k
+                        x = calls[k]["x"][rows[k][i]]
+                        assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(x), atol=1e-5)
+                        if k > 0:
+                            before = calls[k - 1]["out"][rows[k - 1][i]]
+                            assert torch.allclose(x, before + m.depth_embed[k], atol=1e-6)
+                    else:  # halted: seen frozen, as its final state
+                        assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(frozen), atol=1e-5)
+                halted += d < D
     handle.remove()
-    assert 1 <= len(calls) <= D
-    halted = 0
-    for b in range(idx.shape[0]):
-        for t in range(idx.shape[1]):
-            d = int(out.depth[b, t])
-            frozen = calls[d - 1][2][b, t]
-            expect = m.head(m.norm(frozen))
-            assert torch.allclose(out.logits[b, t], expect, atol=1e-5)
-            for k in range(d):  # active: attends with its own input of iteration k
-                x, attend_to, _ = calls[k]
-                assert torch.equal(attend_to[b, t], x[b, t])
-                if k > 0:
-                    assert torch.allclose(x[b, t], calls[k - 1][2][b, t] + m.depth_embed[k], atol=1e-6)
-            for k in range(d, len(calls)):  # halted: seen frozen, as its final state
-                assert torch.equal(calls[k][1][b, t], frozen)
-            halted += d < D
     assert halted > 0
 
 
@@ -236,21 +254,23 @@ def test_halted_tokens_training_counterfactual(router):
     calls, handle = record_core_calls(m)
     with torch.no_grad():
         out = m(idx, targets)
+        assert len(calls) == D and len(out.exit_logits) == D
+        halted = 0
+        for b in range(idx.shape[0]):
+            for t in range(idx.shape[1]):
+                i, d = b * idx.shape[1] + t, int(out.depth[b, t])
+                frozen = calls[d - 1]["out"][i]
+                assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=1e-5)
+                for k in range(D):
+                    assert torch.equal(calls[k]["run"], torch.arange(idx.numel()))  # every token computes
+                    assert torch.allclose(out.exit_logits[k][b, t], m.head(m.norm(calls[k]["out"][i])), atol=1e-5)
+                    if k > 0:  # the own state always continues
+                        assert torch.allclose(calls[k]["x"][i], calls[k - 1]["out"][i] + m.depth_embed[k], atol=1e-6)
+                    # ... while the others see it frozen from depth d on
+                    shown = calls[k]["x"][i] if k < d else frozen
+                    assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(shown), atol=1e-5)
+                halted += d < D
     handle.remove()
-    assert len(calls) == D and len(out.exit_logits) == D
-    halted = 0
-    for b in range(idx.shape[0]):
-        for t in range(idx.shape[1]):
-            d = int(out.depth[b, t])
-            frozen = calls[d - 1][2][b, t]
-            assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=1e-5)
-            for k in range(D):
-                assert torch.allclose(out.exit_logits[k][b, t], m.head(m.norm(calls[k][2][b, t])), atol=1e-5)
-                if k > 0:  # the own state always continues
-                    assert torch.allclose(calls[k][0][b, t], calls[k - 1][2][b, t] + m.depth_embed[k], atol=1e-6)
-                if k >= d:  # ... while the others see it frozen
-                    assert torch.equal(calls[k][1][b, t], frozen)
-            halted += d < D
     assert halted > 0
     assert (out.depth[targets == -1] == D).all()
 
@@ -274,8 +294,8 @@ def test_counterfactual_forward_keeps_the_routed_logits_and_depths(router):
 class RecordingCache(KVCache):
     instances = []
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, *args):
+        super().__init__(*args)
         RecordingCache.instances.append(self)
 
 
@@ -292,25 +312,25 @@ def test_generate_cache_frozen_keys(router, monkeypatch):
     prompt = torch.randint(0, V, (B, P))
     tokens, depths = m.generate(prompt, N)
     assert len(RecordingCache.instances) == 1
-    store = RecordingCache.instances[0].store
+    cache = RecordingCache.instances[0]
     assert tokens.shape == depths.shape == (B, N)
     assert int(depths.min()) >= 1 and int(depths.max()) <= D
     assert len(torch.unique(depths)) >= 2
-    for k in range(D):
-        assert store[("core", k)][0].shape[2] >= P + N - 1  # every position at every iteration
+    core = m.cfg.n_prelude  # the layer of core iteration 0
+    assert cache.keys.shape[0] == core + D  # a layer per prelude block and per iteration
+    assert cache.length == cache.keys.shape[3] == P + N - 1  # every position at every iteration
     checked = 0
     for b in range(B):
         for j in range(N):
             p, d = P - 1 + j, int(depths[b, j])
             if d == D:
                 continue
-            k_frozen, v_frozen = (x[b, :, p] for x in store[("core", d)])
+            k_frozen, v_frozen = cache.keys[core + d, b, :, p], cache.values[core + d, b, :, p]
             for k in range(d + 1, D):
-                kk, vv = (x[b, :, p] for x in store[("core", k)])
-                assert torch.allclose(kk, k_frozen, atol=1e-6, rtol=0)
-                assert torch.allclose(vv, v_frozen, atol=1e-6, rtol=0)
+                assert torch.allclose(cache.keys[core + k, b, :, p], k_frozen, atol=1e-6, rtol=0)
+                assert torch.allclose(cache.values[core + k, b, :, p], v_frozen, atol=1e-6, rtol=0)
             # the last active iteration saw the token's input of that iteration, not its final state
-            assert not torch.allclose(store[("core", d - 1)][0][b, :, p], k_frozen, atol=1e-4)
+            assert not torch.allclose(cache.keys[core + d - 1, b, :, p], k_frozen, atol=1e-4)
             checked += 1
     assert checked > 0
 
@@ -318,8 +338,23 @@ def test_generate_cache_frozen_keys(router, monkeypatch):
 # -----------------------------------------------------------------------------
 # cached generation equals the uncached forward
 
+def cached_logits(m, prompt, tokens):
+    """The logits and depths of the positions from the prompt's last on, run as
+    generate() runs them: the prompt, then one token at a time with a cache."""
+    cache = KVCache(prompt.shape[1] + tokens.shape[1] - 1, m.cfg.n_prelude + m.cfg.max_depth)
+    adaptive = torch.zeros_like(prompt, dtype=torch.bool)
+    adaptive[:, -1] = True
+    with torch.no_grad():
+        outs = [m(prompt, adaptive=adaptive, cache=cache)]
+        outs += [m(tokens[:, j:j + 1], cache=cache) for j in range(tokens.shape[1] - 1)]
+    return torch.cat([o.logits[:, -1:] for o in outs], 1), torch.cat([o.depth[:, -1:] for o in outs], 1)
+
+
 @pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
 def test_generate_matches_uncached_forward(router, share, reinject):
+    """Generation, which skips the halted tokens' work, gives the tokens,
+    depths and logits of the teacher-forced forward: at batch 4, where the
+    tokens of one step halt at different depths, and one prompt at a time."""
     torch.manual_seed(7)
     D = 4
     m = perturb(make(router, share, reinject, D=D, seed=7))
@@ -328,8 +363,8 @@ def test_generate_matches_uncached_forward(router, share, reinject):
     tokens, depths = m.generate(prompt, N)
     assert tokens.shape == depths.shape == (B, N)
     assert len(torch.unique(tokens)) >= 3, "outputs should vary for the comparison to mean something"
-    if router != "none":
-        assert len(torch.unique(depths)) >= 2
+    if router != "none":  # some step's tokens halt at different depths: the batch really gathers
+        assert (depths.amax(0) > depths.amin(0)).any()
     else:
         assert (depths == D).all()
     full = torch.cat([prompt, tokens], 1)[:, :-1]
@@ -341,11 +376,66 @@ def test_generate_matches_uncached_forward(router, share, reinject):
     assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
     assert torch.equal(out.depth[:, P - 1:], depths)
     assert (out.depth[:, :P - 1] == D).all()
+    logits, cached_depths = cached_logits(m, prompt, tokens)
+    assert torch.equal(cached_depths, depths)
+    assert torch.allclose(logits, out.logits[:, P - 1:], atol=1e-5, rtol=0)
 
     # one prompt at a time gives the same as the batch
     for b in range(B):
         tb, db = m.generate(prompt[b:b + 1], N)
         assert torch.equal(tb[0], tokens[b]) and torch.equal(db[0], depths[b])
+        assert torch.allclose(cached_logits(m, prompt[b:b + 1], tokens[b:b + 1])[0][0], logits[b], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_inference_computes_only_running_tokens(router):
+    """In inference the core block runs its query, output projection and MLP
+    for the running tokens alone, and the keys and values of a halted token's
+    frozen state once: the rows through each of its linear layers, counted,
+    are what the depths say. Training still runs every token at every depth."""
+    torch.manual_seed(1)
+    D = 4
+    m = perturb(make(router, D=D, seed=1)).eval()
+    block, rows = m.core[0], {}
+    layers = {"q": block.q, "kv": block.kv, "proj": block.proj, "mlp": block.mlp[0]}
+
+    def counter(name):
+        def hook(module, args, output):
+            rows[name] += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+        return hook
+
+    handles = [layer.register_forward_hook(counter(name)) for name, layer in layers.items()]
+
+    def expect(depth):  # a query per iteration run, plus the frozen keys of each token halted early
+        ran = int(depth.sum())
+        return {"q": ran, "proj": ran, "mlp": ran, "kv": ran + int((depth < D).sum())}
+
+    # the teacher-forced inference forward: a prompt at full depth, then adaptive tokens
+    idx = torch.randint(0, V, (3, 18))
+    adaptive = torch.zeros_like(idx, dtype=torch.bool)
+    adaptive[:, 6:] = True
+    rows.update({name: 0 for name in layers})
+    with torch.no_grad():
+        out = m(idx, adaptive=adaptive)
+    assert len(torch.unique(out.depth[:, 6:])) >= 3
+    assert rows == expect(out.depth)
+
+    # generate(), batch 4: the prompt's tokens run D iterations, each new position its depth
+    B, P, N = 4, 10, 8
+    rows.update({name: 0 for name in layers})
+    tokens, depths = m.generate(torch.randint(0, V, (B, P)), N)
+    assert (depths.amax(0) > depths.amin(0)).any()
+    assert rows == expect(torch.cat([torch.full((B, P - 1), D), depths], 1))
+
+    # training: every token at every depth (the counterfactual continuation)
+    m.train()
+    rows.update({name: 0 for name in layers})
+    targets = torch.randint(0, V, idx.shape)
+    with torch.no_grad():
+        m(idx, targets)
+    assert rows["q"] == rows["kv"] == D * idx.numel()
+    for h in handles:
+        h.remove()
 
 
 def test_generate_stops_at_end_id():
