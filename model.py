@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROUTERS = ("none", "early", "online")
+EARLY_INPUTS = ("prelude", "embeddings", "prompt")  # what ANIRA-E reads: see early_router_input
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModelConfig:
     reinject: bool = False   # add h0 to the state before every iteration
     token_shift: int = 2     # inputs also see the previous token_shift tokens (0: off)
     halt_threshold: float = 0.5
+    early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class ANIRA(nn.Module):
         super().__init__()
         if cfg.router not in ROUTERS:
             raise ValueError(f"unknown router {cfg.router!r}; choose one of {', '.join(ROUTERS)}")
+        if cfg.early_input not in EARLY_INPUTS:
+            raise ValueError(f"unknown early_input {cfg.early_input!r}; choose one of {', '.join(EARLY_INPUTS)}")
         if not cfg.share and cfg.router != "none":
             raise ValueError("an unshared stack has no recurrence to halt: use router none")
         self.cfg = cfg
@@ -136,18 +140,19 @@ class ANIRA(nn.Module):
         rope = rotary(T, head_dim, idx.device) if cache is None else cache.rotary(T, head_dim, idx.device)
         if adaptive is None:
             adaptive = targets != -1 if targets is not None else torch.ones_like(idx, dtype=torch.bool)
+        answer = adaptive  # the answer tokens, whether or not the router acts on them yet
         if not route or cfg.router == "none":
             adaptive = torch.zeros_like(adaptive)
         training = targets is not None
 
-        x = self.embed_tokens(idx, cache)
+        x = embedded = self.embed_tokens(idx, cache)
         for i, block in enumerate(self.prelude):
             x = block(x, rope, cache and cache.layer(i))
         h0 = x
         active = torch.ones_like(idx, dtype=torch.bool)  # still iterating
         depth = torch.zeros_like(idx)
         if cfg.router == "early":  # ANIRA-E: all hazards fixed before the recurrence
-            early_logits = self.router(h0.detach())
+            early_logits = self.router(self.early_router_input(embedded, h0, answer, cache).detach())
             log_p_depth = F.log_softmax(early_logits, -1)
             hazards = hazards_from_log_p(log_p_depth)
         # state: every token's own state; in training it runs past halting (the
@@ -214,6 +219,41 @@ class ANIRA(nn.Module):
         if training:
             out.loss, out.parts = self.loss(out, targets, ponder, prompt_targets)
         return out
+
+    def early_router_input(self, embedded, h0, answer, cache=None):
+        """What ANIRA-E's router reads (cfg.early_input), an ablation of how
+        early "early" is. The paper's early decision leans on static cues
+        (graph size, hubs); ours reads h0, which has already attended to the
+        whole prompt and to the answer so far, so it may already hold the
+        execution state (the DFS stack) that only online halting should see.
+          prelude     h0, the prelude's output (the default). With n_prelude 2,
+                      after two attention blocks instead of one.
+          embeddings  the token and token-shift embeddings, no attention: the
+                      router sees its token and the token_shift before it.
+          prompt      a decision made before the answer: h0 at the first
+                      answer position (the prompt's last token, <sep>), the
+                      same for every answer token of a sequence, plus a code
+                      of the token's step s into the answer. It sees the whole
+                      prompt (size, structure) and s, never the answer so far.
+                      Prompt tokens (never routed) read their own h0.
+        """
+        mode = self.cfg.early_input
+        if mode == "prelude":
+            return h0
+        if mode == "embeddings":
+            return embedded
+        B, T, C = h0.shape
+        offset = cache.length if cache is not None else 0
+        if offset:  # decoding: the prompt ran before and left its summary
+            first, summary = cache.answer_start, cache.prompt_summary
+        else:
+            first = answer.int().argmax(1)  # (B,) first answer position
+            summary = h0[torch.arange(B, device=h0.device), first]
+            if cache is not None:
+                cache.answer_start, cache.prompt_summary = first, summary
+        step = torch.arange(offset, offset + T, device=h0.device) - first[:, None]  # (B, T)
+        decided = summary[:, None] + step_code(step.clamp(min=0), C)
+        return torch.where((step >= 0)[..., None], decided, h0)
 
     def embed_tokens(self, idx, cache=None):
         """Token embeddings plus the token shift: every token also sees the ids
@@ -312,6 +352,14 @@ def put(x, run, rows):
     x.view(-1, x.shape[-1]).index_copy_(0, run, rows)
 
 
+def step_code(step, C):
+    """Sinusoidal code (..., C) of integer steps (...): any answer length, no
+    parameters, as the Transformer's original position encoding."""
+    freqs = 1.0 / (10000 ** (torch.arange(C // 2, device=step.device) / (C // 2)))
+    angles = step[..., None].float() * freqs
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
 def hazards_from_log_p(log_p):
     """h_k = p(k) / sum_{j>=k} p(j), for a distribution fixed in advance."""
     tail = torch.logcumsumexp(log_p.flip(-1), -1).flip(-1)
@@ -405,6 +453,7 @@ class KVCache:
         self.size, self.n_layers, self.length, self.recent = size, n_layers, 0, None
         self.keys = self.values = None  # (n_layers, B, H, size, head_dim), at the first write
         self.rope = None
+        self.answer_start = self.prompt_summary = None  # for ANIRA-E with early_input "prompt"
 
     def rotary(self, T, head_dim, device):
         """The rotary tables of the next T positions, cut from tables made once."""

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 
 import tasks
-from model import ANIRA, ROUTERS, ModelConfig
+from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 
 # -----------------------------------------------------------------------------
 # defaults: a small model that trains on dfs in about 11 minutes on a 2-core
 # CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward",
-    d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, reinject=False, token_shift=2,
+    d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, early_input="prelude", reinject=False, token_shift=2,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -48,7 +48,7 @@ def main(argv=None):
     cfg = ModelConfig(vocab_size=len(tasks.VOCAB), d_model=args.d_model, n_heads=args.n_heads,
                       n_prelude=args.n_prelude, max_depth=args.max_depth, router=args.router,
                       share=not args.no_share, reinject=args.reinject,
-                      token_shift=args.token_shift)
+                      token_shift=args.token_shift, early_input=args.early_input)
     model = ANIRA(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.95))
@@ -325,7 +325,7 @@ def load_checkpoint(path, args=None):
         fail(f"{path} was written by another version of model.py; train it again")
     if args is not None:
         for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share",
-                    "reinject", "token_shift", "prompt_loss", "chain_order"):
+                    "early_input", "reinject", "token_shift", "prompt_loss", "chain_order"):
             if ckpt["config"].get(key, DEFAULTS.get(key)) != getattr(args, key):
                 fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key, DEFAULTS.get(key))!r}, "
                      f"this run asks for {getattr(args, key)!r}")
@@ -370,6 +370,9 @@ def parse_args(argv):
     p.add_argument("--max-depth", type=int, default=d["max_depth"], help="most iterations of the shared block")
     p.add_argument("--no-share", action="store_true",
                    help="standard Transformer: max_depth unshared blocks (router none)")
+    p.add_argument("--early-input", default=d["early_input"], choices=EARLY_INPUTS,
+                   help="what the early router reads: prelude (h0), embeddings (no attention) or prompt "
+                        "(the prompt and the step into the answer, never the answer so far)")
     p.add_argument("--reinject", action="store_true", help="add the prelude output h0 before every iteration")
     p.add_argument("--token-shift", type=int, default=d["token_shift"],
                    help="each input also sees this many previous tokens (0: off)")
@@ -418,6 +421,8 @@ def parse_args(argv):
             fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
         fail("--d-model must be a multiple of --n-heads with an even head size")
+    if args.early_input != "prelude" and args.router != "early":
+        fail("--early-input chooses what the early router reads: use it with --router early")
     if args.chain_order != "forward" and args.task != "lang":
         fail("--chain-order is a parameter of the lang task")
     args.size_range = parse_size_range(args.sizes, args.task)

@@ -30,10 +30,10 @@ CONFIGS = [  # (router, share, reinject)
 CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared"]
 
 
-def make(router="online", share=True, reinject=False, D=4, seed=0):
+def make(router="online", share=True, reinject=False, D=4, seed=0, **more):
     torch.manual_seed(seed)
     return ANIRA(ModelConfig(vocab_size=V, d_model=32, n_heads=2, max_depth=D, router=router,
-                             share=share, reinject=reinject))
+                             share=share, reinject=reinject, **more))
 
 
 def randomize_router(m, std=1.0):
@@ -436,6 +436,97 @@ def test_inference_computes_only_running_tokens(router):
     assert rows["q"] == rows["kv"] == D * idx.numel()
     for h in handles:
         h.remove()
+
+
+# -----------------------------------------------------------------------------
+# what the early router reads (ModelConfig.early_input): the decision-timing ablation
+
+EARLY_VARIANTS = [("prelude", 1), ("prelude", 2), ("embeddings", 1), ("prompt", 1)]
+EARLY_IDS = ["prelude", "prelude-2-blocks", "embeddings", "prompt"]
+
+
+def early_decisions(early_input, n_prelude, idx, targets):
+    """The early router's log halting distribution (B, T, D) and the depths, in
+    the training forward, of a perturbed model."""
+    m = perturb(make("early", seed=3, early_input=early_input, n_prelude=n_prelude))
+    m.train()
+    with torch.no_grad():
+        out = m(idx, targets)
+    return out.log_p_depth, out.depth
+
+
+def answer_batch(B=3, T=16, P=6, seed=0):
+    """Random ids with a prompt of P tokens: targets from position P - 1 on."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, V, (B, T), generator=g)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    targets[:, :P - 1] = -1
+    return idx, targets
+
+
+def changed_at(idx, t):
+    idx2 = idx.clone()
+    idx2[:, t] = (idx[:, t] + 1 + torch.arange(idx.shape[0]) % (V - 1)) % V
+    return idx2
+
+
+@pytest.mark.parametrize("early_input,n_prelude", EARLY_VARIANTS, ids=EARLY_IDS)
+def test_early_router_inputs_are_causal(early_input, n_prelude):
+    idx, targets = answer_batch()
+    t = 10
+    a, da = early_decisions(early_input, n_prelude, idx, targets)
+    b, db = early_decisions(early_input, n_prelude, changed_at(idx, t), targets)
+    assert torch.allclose(a[:, :t], b[:, :t], atol=1e-5, rtol=0)
+    assert torch.equal(da[:, :t], db[:, :t])
+    assert len(torch.unique(da[targets != -1])) >= 2, "the router should pick several depths here"
+
+
+def test_embedding_router_sees_only_its_token_and_the_token_shift():
+    idx, targets = answer_batch()
+    t, K = 8, ModelConfig.token_shift
+    a, _ = early_decisions("embeddings", 1, idx, targets)
+    b, _ = early_decisions("embeddings", 1, changed_at(idx, t), targets)
+    assert not torch.allclose(a[:, t], b[:, t], atol=1e-4)  # it sees its own token
+    assert torch.allclose(a[:, t + K + 1:], b[:, t + K + 1:], atol=1e-6, rtol=0)  # no attention
+    # whereas the prelude router (h0) sees every earlier token
+    c, _ = early_decisions("prelude", 1, idx, targets)
+    d, _ = early_decisions("prelude", 1, changed_at(idx, t), targets)
+    assert not torch.allclose(c[:, t + K + 1:], d[:, t + K + 1:], atol=1e-4)
+
+
+def test_prompt_router_never_sees_the_answer_so_far():
+    P = 6
+    idx, targets = answer_batch(P=P)
+    a, _ = early_decisions("prompt", 1, idx, targets)
+    answer = slice(P - 1, None)
+    # an answer token changed: no answer token's decision moves
+    b, _ = early_decisions("prompt", 1, changed_at(idx, P + 2), targets)
+    assert torch.allclose(a[:, answer], b[:, answer], atol=1e-6, rtol=0)
+    # a prompt token changed: the decisions move (it reads the prompt)
+    c, _ = early_decisions("prompt", 1, changed_at(idx, 2), targets)
+    assert not torch.allclose(a[:, answer], c[:, answer], atol=1e-4)
+    # and they differ from step to step of the answer
+    assert not torch.allclose(a[:, P], a[:, P + 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("early_input", ["embeddings", "prompt"])
+def test_generate_matches_uncached_forward_for_early_inputs(early_input):
+    torch.manual_seed(5)
+    m = perturb(make("early", seed=5, early_input=early_input))
+    B, P, N = 4, 12, 10
+    prompt = torch.randint(0, V, (B, P))
+    tokens, depths = m.generate(prompt, N)
+    assert (depths.amax(0) > depths.amin(0)).any(), "tokens of one step should halt at different depths"
+    full = torch.cat([prompt, tokens], 1)[:, :-1]
+    adaptive = torch.zeros_like(full, dtype=torch.bool)
+    adaptive[:, P - 1:] = True
+    m.eval()
+    with torch.no_grad():
+        out = m(full, adaptive=adaptive)
+    assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
+    assert torch.equal(out.depth[:, P - 1:], depths)
+    logits, _ = cached_logits(m, prompt, tokens)
+    assert torch.allclose(logits, out.logits[:, P - 1:], atol=1e-5, rtol=0)
 
 
 def test_generate_stops_at_end_id():

@@ -338,6 +338,8 @@ def early_ckpt_dir(tmp_path_factory):
     ["--halt-warmup", "-1"],
     ["--ponder", "-0.1"],
     ["--task", "dfs", "--chain-order", "reverse"],
+    ["--router", "online", "--early-input", "embeddings"],
+    ["--router", "early", "--early-input", "stack"],
     ["--lr", "nan"],
     ["--lr", "-1"],
     ["--min-lr", "nan"],
