@@ -370,7 +370,7 @@ def parse_args(argv):
     p.add_argument("--max-depth", type=int, default=d["max_depth"], help="most iterations of the shared block")
     p.add_argument("--no-share", action="store_true",
                    help="standard Transformer: max_depth unshared blocks (router none)")
-    p.add_argument("--early-input", default=d["early_input"], choices=EARLY_INPUTS,
+    p.add_argument("--early-input", default=d["early_input"],
                    help="what the early router reads: prelude (h0), embeddings (no attention) or prompt "
                         "(the prompt and the step into the answer, never the answer so far)")
     p.add_argument("--reinject", action="store_true", help="add the prelude output h0 before every iteration")
@@ -421,6 +421,8 @@ def parse_args(argv):
             fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
         fail("--d-model must be a multiple of --n-heads with an even head size")
+    if args.early_input not in EARLY_INPUTS:
+        fail(f"unknown --early-input {args.early_input!r}; choose one of {', '.join(EARLY_INPUTS)}")
     if args.early_input != "prelude" and args.router != "early":
         fail("--early-input chooses what the early router reads: use it with --router early")
     if args.chain_order != "forward" and args.task != "lang":
