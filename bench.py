@@ -176,7 +176,8 @@ def tradeoff(args):
         json.dump({"task": args.task, "chain_order": args.chain_order, "sizes": f"{lo}-{hi}",
                    "ood_sizes": f"{hi + 1}-{ood_to}", "steps": steps, "jobs": args.jobs, "rows": rows}, f, indent=2)
     print(tradeoff_table(rows))
-    plotted = tradeoff_plot(rows, os.path.join(out, "tradeoff.png"), f"{args.task} {args.chain_order}")
+    title = args.task + (f" {args.chain_order}" if args.task == "lang" else "")
+    plotted = tradeoff_plot(rows, os.path.join(out, "tradeoff.png"), title)
     print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
 
 
