@@ -9,8 +9,10 @@ Routers decide d_i (arXiv 2602.08864, "Understanding Dynamic Compute
 Allocation in Recurrent Transformers"):
   none    every token runs max_depth iterations (fixed-depth baseline);
           with share=False it is a standard Transformer of max_depth blocks.
-  early   ANIRA-E: an MLP reads the shallow representation h0 and gives a
-          distribution over depths before the first iteration.
+  early   ANIRA-E: an MLP reads the shallow representation h0 (or, for the
+          decision-timing ablation, the embeddings alone or only the prompt:
+          early_input) and gives a distribution over depths before the
+          first iteration.
   online  ANIRA-O: a halting unit reads the token's state after every
           iteration and gives the probability of stopping there.
 
