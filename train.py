@@ -302,6 +302,11 @@ def pick_device(name):
     return torch.device(name)
 
 
+# fields ModelConfig gained after checkpoints were shared, with the value that
+# reproduces how those checkpoints ran; a checkpoint missing any other field is refused
+MODEL_FIELDS_ADDED = dict(early_input="prelude")
+
+
 def load_checkpoint(path, args=None):
     """Load a checkpoint written by train.py, or exit with one clear line."""
     if not os.path.isfile(path):
@@ -321,6 +326,7 @@ def load_checkpoint(path, args=None):
     if ckpt["model_config"].get("vocab_size") != len(tasks.VOCAB):  # e.g. from before N_LABELS = 16
         fail(f"{path} was trained with a vocabulary of {ckpt['model_config'].get('vocab_size')} tokens; "
              f"tasks.py now has {len(tasks.VOCAB)}")
+    ckpt["model_config"] = {**MODEL_FIELDS_ADDED, **ckpt["model_config"]}
     if ckpt["model_config"].keys() != vars(ModelConfig()).keys():  # e.g. from before token_shift
         fail(f"{path} was written by another version of model.py; train it again")
     if args is not None:

@@ -406,6 +406,15 @@ def test_load_checkpoint_rejects_bad_files(early_ckpt_dir, tmp_path, capsys):
     assert train.load_checkpoint(str(early_ckpt_dir / "ckpt.pt"))["step"] == 1
 
 
+def test_a_checkpoint_from_before_early_input_loads_as_it_ran(early_ckpt_dir, tmp_path):
+    """A field ModelConfig gained later takes the value the older checkpoint ran with."""
+    ckpt = torch.load(early_ckpt_dir / "ckpt.pt", weights_only=True)
+    del ckpt["model_config"]["early_input"]
+    older = tmp_path / "before_early_input.pt"
+    torch.save(ckpt, older)
+    assert train.load_checkpoint(str(older))["model_config"]["early_input"] == "prelude"
+
+
 def test_errors_through_the_command_line(early_ckpt_dir, tmp_path):
     """The same errors as a user sees them: exit code, one line, no traceback."""
     torch.manual_seed(0)
