@@ -350,6 +350,18 @@ def cached_logits(m, prompt, tokens):
     return torch.cat([o.logits[:, -1:] for o in outs], 1), torch.cat([o.depth[:, -1:] for o in outs], 1)
 
 
+def teacher_forced(m, prompt, tokens):
+    """The uncached forward over the prompt and the generated tokens (but the
+    last), routing the positions from the prompt's last on, as generate() does."""
+    P = prompt.shape[1]
+    full = torch.cat([prompt, tokens], 1)[:, :-1]
+    adaptive = torch.zeros_like(full, dtype=torch.bool)
+    adaptive[:, P - 1:] = True
+    m.eval()
+    with torch.no_grad():
+        return m(full, adaptive=adaptive)
+
+
 @pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
 def test_generate_matches_uncached_forward(router, share, reinject):
     """Generation, which skips the halted tokens' work, gives the tokens,
@@ -367,12 +379,7 @@ def test_generate_matches_uncached_forward(router, share, reinject):
         assert (depths.amax(0) > depths.amin(0)).any()
     else:
         assert (depths == D).all()
-    full = torch.cat([prompt, tokens], 1)[:, :-1]
-    adaptive = torch.zeros_like(full, dtype=torch.bool)
-    adaptive[:, P - 1:] = True
-    m.eval()
-    with torch.no_grad():
-        out = m(full, adaptive=adaptive)
+    out = teacher_forced(m, prompt, tokens)
     assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
     assert torch.equal(out.depth[:, P - 1:], depths)
     assert (out.depth[:, :P - 1] == D).all()
@@ -517,12 +524,7 @@ def test_generate_matches_uncached_forward_for_early_inputs(early_input):
     prompt = torch.randint(0, V, (B, P))
     tokens, depths = m.generate(prompt, N)
     assert (depths.amax(0) > depths.amin(0)).any(), "tokens of one step should halt at different depths"
-    full = torch.cat([prompt, tokens], 1)[:, :-1]
-    adaptive = torch.zeros_like(full, dtype=torch.bool)
-    adaptive[:, P - 1:] = True
-    m.eval()
-    with torch.no_grad():
-        out = m(full, adaptive=adaptive)
+    out = teacher_forced(m, prompt, tokens)
     assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
     assert torch.equal(out.depth[:, P - 1:], depths)
     logits, _ = cached_logits(m, prompt, tokens)
