@@ -65,6 +65,8 @@ def main(argv=None):
                                    "same command, resumes).")
     t.add_argument("--task", default="dfs", choices=tasks.TASKS)
     t.add_argument("--chain-order", default="forward", choices=tasks.CHAIN_ORDERS, help="lang's regime")
+    t.add_argument("--hints", choices=("on", "off"), default="off",
+                   help="lang: train every exit on its hop of the chase (train.py --hints)")
     t.add_argument("--sizes", default="4-8", help="training sizes")
     t.add_argument("--ood-to", type=int, default=None,
                    help="evaluate up to this size; those above --sizes are OOD (default: two above)")
@@ -74,7 +76,7 @@ def main(argv=None):
     t.add_argument("--num", type=int, default=100, help="evaluation examples per size")
     t.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each when more than one")
     t.add_argument("--quick", action="store_true", help="a tiny model, a few steps: proves the command works")
-    t.add_argument("--out", default=None, help="folder (default out/tradeoff-<task>[-reverse])")
+    t.add_argument("--out", default=None, help="folder (default out/tradeoff-<task>[-reverse][-hints])")
     g = sub.add_parser("generate", help="generation speed: routed against full depth and a fixed depth")
     g.add_argument("--ckpt", nargs="+", help="checkpoints of adaptive routers (default: train small "
                                              "early and online models on the spot)")
@@ -141,6 +143,8 @@ def tradeoff(args):
     except ValueError:
         train.fail("--ponders takes numbers >= 0 like 0.002,0.01; --max-depth, --steps, --jobs and --num "
                    "are at least 1; --ood-to is above --sizes and within what the task can label")
+    if args.hints == "on" and args.task != "lang":
+        train.fail("--hints: only lang's chases have intermediate steps to supervise")
     D = 2 if args.quick else args.max_depth
     # longest runs first (the adaptive routers, then the deepest fixed depths), so
     # that the last ones to finish are short and no core sits idle at the end
@@ -148,11 +152,12 @@ def tradeoff(args):
     points += [("none", d, None) for d in range(D, 0, -1)]
     out = args.out or os.path.join("out", f"tradeoff-{args.task}"
                                    + ("-reverse" if args.chain_order == "reverse" else "")
+                                   + ("-hints" if args.hints == "on" else "")
                                    + ("-quick" if args.quick else ""))
     os.makedirs(out, exist_ok=True)
     steps = 6 if args.quick else args.steps
     train_flags = ["--task", args.task, "--sizes", args.sizes, "--chain-order", args.chain_order,
-                   "--max-iters", str(steps)]
+                   "--hints", args.hints, "--max-iters", str(steps)]
     eval_flags = ["--sizes", f"{lo}-{ood_to}", "--num", "3" if args.quick else str(args.num)]
     if args.quick:  # seconds per point: a tiny model
         train_flags += ["--eval-every", "3", "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2",
@@ -173,10 +178,12 @@ def tradeoff(args):
                   flush=True)
     rows.sort(key=lambda r: (("none", "early", "online").index(r["router"]), r["max_depth"], r["ponder"] or 0))
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
-        json.dump({"task": args.task, "chain_order": args.chain_order, "sizes": f"{lo}-{hi}",
-                   "ood_sizes": f"{hi + 1}-{ood_to}", "steps": steps, "jobs": args.jobs, "rows": rows}, f, indent=2)
+        json.dump({"task": args.task, "chain_order": args.chain_order, "hints": args.hints == "on",
+                   "sizes": f"{lo}-{hi}", "ood_sizes": f"{hi + 1}-{ood_to}", "steps": steps, "jobs": args.jobs,
+                   "rows": rows}, f, indent=2)
     print(tradeoff_table(rows))
     title = args.task + (f" {args.chain_order}" if args.task == "lang" else "")
+    title += ", hints" if args.hints == "on" else ""
     plotted = tradeoff_plot(rows, os.path.join(out, "tradeoff.png"), title)
     print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
 

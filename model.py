@@ -43,7 +43,10 @@ them. So here the two are decoupled:
      says. For this every token also runs a *counterfactual* continuation past
      its halting depth during training: its own state keeps iterating while
      every other token still sees it frozen. This is what tells us how much
-     more depth would have bought it.
+     more depth would have bought it. With hint supervision (train.py
+     --hints, lang) the exit after iteration d is trained on the d-th step
+     of the algorithm's trace instead (the d-th hop of a chase), as CLRS
+     trains on an algorithm's intermediate states.
   2. Each token's target depth is the one that best trades its loss against
      compute:  d* = argmin_d  CE_d + ponder * (d - 1),  with CE_d the token's
      cross-entropy at depth d (detached). The router is trained to put its
@@ -123,7 +126,7 @@ class ANIRA(nn.Module):
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
     def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.002, prompt_targets=None,
-                cache=None):
+                cache=None, exit_targets=None):
         """Run the model on token ids idx (B, T).
 
         targets   (B, T) next-token ids, -1 where there is no loss. Given
@@ -136,6 +139,9 @@ class ANIRA(nn.Module):
         prompt_targets  (B, T) next-token ids on the prompt, -1 elsewhere: adds
                   an ordinary language-model loss on the prompt (see `loss`).
         cache     a KVCache for incremental decoding (see generate()).
+        exit_targets  (B, T, max_depth) the target of each iteration's exit
+                  (hint supervision: tasks.exit_targets); every exit is then
+                  trained, router none's too (see `loss`). Default: targets.
         """
         cfg, D, C = self.cfg, self.cfg.max_depth, self.cfg.d_model
         B, T = idx.shape
@@ -187,7 +193,7 @@ class ANIRA(nn.Module):
                 state = block(x, rope, layer, seen, run)
                 put(visible, run, state)
             depth += active
-            if training and cfg.router != "none":
+            if training and (cfg.router != "none" or exit_targets is not None):
                 exit_logits.append(self.head(self.norm(state)))
             if cfg.router == "none" or k == D - 1:
                 continue  # the last iteration stops every token: no hazard needed
@@ -223,7 +229,7 @@ class ANIRA(nn.Module):
         elif training and cfg.router == "early":
             out.log_p_depth = log_p_depth
         if training:
-            out.loss, out.parts = self.loss(out, targets, ponder, prompt_targets)
+            out.loss, out.parts = self.loss(out, targets, ponder, prompt_targets, exit_targets)
         return out
 
     def early_router_input(self, embedded, h0, answer, cache=None):
@@ -284,13 +290,18 @@ class ANIRA(nn.Module):
             cache.recent = padded[:, -K:]
         return x
 
-    def loss(self, out, targets, ponder, prompt_targets=None):
+    def loss(self, out, targets, ponder, prompt_targets=None, exit_targets=None):
         """Deep-supervised LM loss plus the router's loss (see the module docstring).
 
         none:     cross-entropy at max_depth, as any fixed-depth Transformer.
         adaptive: sum_d w_d CE_d with w_d proportional to d (the late exits
                   matter most, as in early-exit training), plus
                   L_halt = -log p(d*),  d* = argmin_d CE_d + ponder * (d - 1).
+        hints:    with exit_targets, the exit at depth d is trained on its own
+                  target (lang: the d-th hop of the chase) in sum_d w_d CE_d,
+                  for router none too; d* still weighs each depth's
+                  cross-entropy against the answer, so a token halts where
+                  its chase has reached the value.
         prompt:   with prompt_targets, plus the mean cross-entropy of the
                   prompt's next tokens at max_depth (prompt tokens never halt).
                   Predicting the sorted adjacency lists teaches which nodes are
@@ -303,17 +314,25 @@ class ANIRA(nn.Module):
             in_prompt = prompt_targets != -1
             prompt = F.cross_entropy(out.logits[in_prompt], prompt_targets[in_prompt])
             parts["prompt"] = prompt.item()
-        if self.cfg.router == "none":
+        if self.cfg.router == "none" and exit_targets is None:
             lm = F.cross_entropy(out.logits[mask], y)
             return lm + prompt, {"lm": lm.item(), **parts}
-        ce = torch.stack([F.cross_entropy(lg[mask], y, reduction="none") for lg in out.exit_logits], -1)
-        D = ce.shape[-1]
+        D = len(out.exit_logits)
+        trained = y[:, None].expand(-1, D) if exit_targets is None else exit_targets[mask]
+        ce = torch.stack([F.cross_entropy(lg[mask], trained[:, d], reduction="none")
+                          for d, lg in enumerate(out.exit_logits)], -1)
         w = torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
         lm = (ce.mean(0) * w).sum() / w.sum()
+        parts["lm"] = lm.item()
+        if self.cfg.router == "none":
+            return lm + prompt, parts
+        if exit_targets is not None:  # d* weighs the cross-entropy of the answer
+            with torch.no_grad():
+                ce = torch.stack([F.cross_entropy(lg[mask], y, reduction="none") for lg in out.exit_logits], -1)
         cost = ce.detach() + ponder * torch.arange(D, device=ce.device, dtype=ce.dtype)
         target_depth = cost.argmin(-1)  # 0-based: d* - 1
         halt = F.nll_loss(out.log_p_depth[mask], target_depth)
-        parts.update(lm=lm.item(), halt=halt.item(), target_depth=target_depth.float().mean().item() + 1)
+        parts.update(halt=halt.item(), target_depth=target_depth.float().mean().item() + 1)
         return lm + halt + prompt, parts
 
     @torch.inference_mode()  # no_grad, minus autograd's bookkeeping: 4-9% faster measured

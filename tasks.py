@@ -85,6 +85,7 @@ class Example:
     target: list           # token strings, ending with <end>
     features: list         # one dict per target token
     graph: dict = field(default=None)  # dfs/topo: {"nodes", "edges", "start"} as labels
+    hints: list = field(default=None)  # lang: one list per target token, its chase (see lang_example)
 
 
 def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=None,
@@ -349,6 +350,11 @@ def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4):
     (kind random: which one is asked cannot be predicted), "->" and ";"
     (filler), the value (reference), and <end> (filler: the query count is fixed).
 
+    hints, the trace of the algorithm (CLRS's "hints"): for a value, what
+    each hop of its chase reaches, c -> [b, a, C], the value last; for any
+    other target token, [token]. train.py --hints trains the exit of the
+    k-th iteration on the k-th hop (tasks.exit_targets).
+
     The chains' statements are interleaved at random. chain_order "forward"
     keeps each chain first link first, so the prompt can resolve every
     variable as soon as it is bound and a query is one lookup; "reverse"
@@ -375,22 +381,25 @@ def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4):
     # resolution reads: the root's in forward order, its own in reverse)
     binding = {name: (value, i + 1, min(statement_at[v] for v in chain[:i + 1]))
                for value, chain in chains for i, name in enumerate(chain)}
+    # the chase from each variable: the variable every hop reaches, then the value
+    chase = {name: chain[:i][::-1] + [value] for value, chain in chains for i, name in enumerate(chain)}
     prompt.append("<sep>")
-    target, feats = [], []
+    target, feats, hints = [], [], []
 
-    def emit(token, kind, hops_=0, distance=0):
+    def emit(token, kind, hops_=0, distance=0, hint=None):
         feats.append({"kind": kind, "hops": hops_, "distance": distance, "n_vars": n,
                       "distractors": distractors, "step": len(target)})
+        hints.append(hint or [token])
         target.append(token)
 
     for name in rng.sample(names[:n], min(n_queries, n)):
         value, h, pos = binding[name]
         emit(name, RANDOM)
         emit("->", FILLER)
-        emit(value, REFERENCE, h, len(prompt) + len(target) - pos)
+        emit(value, REFERENCE, h, len(prompt) + len(target) - pos, chase[name])
         emit(";", FILLER)
     emit("<end>", FILLER)
-    return Example("lang", n, prompt, target, feats)
+    return Example("lang", n, prompt, target, feats, hints=hints)
 
 
 # -----------------------------------------------------------------------------
@@ -449,6 +458,23 @@ def make_batch(examples):
         for f in names:
             features[f][b, start:len(s) - 1] = [fd[f] for fd in ex.features]
     return idx, targets, features
+
+
+def exit_targets(examples, targets, depth):
+    """Hint supervision: (B, T, depth) ids, the target of each iteration's
+    exit, from make_batch's targets. Exit k (1-based) of a token with a chase
+    (Example.hints) is trained on the k-th hop's token, the value once the
+    chase has reached it; the last exit always on the answer, as every exit
+    of a token without a chase (and -1 where targets is -1). A recurrent block
+    can then learn one hop per iteration, each supervised, instead of having
+    to discover the composition from the answer alone."""
+    out = np.repeat(targets[..., None], depth, -1)
+    for b, ex in enumerate(examples):
+        start = len(ex.prompt) - 1  # the position that predicts the first target token
+        for j, chase in enumerate(ex.hints or []):
+            for k in range(depth - 1):
+                out[b, start + j, k] = STOI[chase[min(k, len(chase) - 1)]]
+    return out
 
 
 def prompt_targets(idx, targets):

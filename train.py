@@ -30,7 +30,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 # defaults: a small model that trains on dfs in about 11 minutes on a 2-core
 # CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
-    task="dfs", router="online", sizes="4-8", chain_order="forward",
+    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, early_input="prelude", reinject=False, token_shift=2,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
@@ -117,13 +117,15 @@ def main(argv=None):
             batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
                                           **task_params(vars(args)))
             idx, targets = tasks.make_batch(batch)[:2]
-            prompt = None
+            prompt = exits = None
             if args.prompt_loss:
                 prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)).to(device)
+            if args.hints:
+                exits = torch.from_numpy(tasks.exit_targets(batch, targets, args.max_depth)).to(device)
             idx, targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
             with autocast(device):
                 out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder,
-                            prompt_targets=prompt)
+                            prompt_targets=prompt, exit_targets=exits)
             check_finite(out.loss.item(), step, ckpt_path)
             for name, value in out.parts.items():
                 train_parts.setdefault(name, []).append(value)
@@ -331,7 +333,7 @@ def load_checkpoint(path, args=None):
         fail(f"{path} was written by another version of model.py; train it again")
     if args is not None:
         for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share",
-                    "early_input", "reinject", "token_shift", "prompt_loss", "chain_order"):
+                    "early_input", "reinject", "token_shift", "prompt_loss", "chain_order", "hints"):
             if ckpt["config"].get(key, DEFAULTS.get(key)) != getattr(args, key):
                 fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key, DEFAULTS.get(key))!r}, "
                      f"this run asks for {getattr(args, key)!r}")
@@ -370,6 +372,10 @@ def parse_args(argv):
                    help="lang: forward writes each chain first link first (a = C ; b = a), "
                         "so the prompt resolves it while read; reverse (b = a ; a = C) leaves "
                         "a k-hop query k bindings to chase: the regime where depth is needed")
+    p.add_argument("--hints", choices=("on", "off"), default="on" if d["hints"] else "off",
+                   help="lang: train the exit of iteration k on the k-th hop of each chase "
+                        "(the variable it reaches, then the value), as CLRS trains on an "
+                        "algorithm's intermediate states; router none then trains every exit too")
     p.add_argument("--d-model", type=int, default=d["d_model"])
     p.add_argument("--n-heads", type=int, default=d["n_heads"])
     p.add_argument("--n-prelude", type=int, default=d["n_prelude"], help="blocks before the recurrence")
@@ -433,6 +439,9 @@ def parse_args(argv):
         fail("--early-input chooses what the early router reads: use it with --router early")
     if args.chain_order != "forward" and args.task != "lang":
         fail("--chain-order is a parameter of the lang task")
+    args.hints = args.hints == "on"
+    if args.hints and args.task != "lang":
+        fail("--hints: only lang's chases have intermediate steps to supervise")
     args.size_range = parse_size_range(args.sizes, args.task)
     args.prompt_loss = tasks.PROMPT_LOSS[args.task] if args.prompt_loss is None else args.prompt_loss == "on"
     return args

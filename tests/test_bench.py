@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tradeoff(out):
     return subprocess.run([sys.executable, "bench.py", "tradeoff", "--task", "lang", "--chain-order", "reverse",
-                           "--quick", "--ponders", "0.01", "--out", str(out)],
+                           "--hints", "on", "--quick", "--ponders", "0.01", "--out", str(out)],
                           cwd=REPO, text=True, capture_output=True, timeout=600)
 
 
@@ -20,7 +20,7 @@ def test_tradeoff_quick_writes_every_point_and_resumes(tmp_path):
     res = tradeoff(tmp_path)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
     result = json.loads((tmp_path / "tradeoff.json").read_text())
-    assert result["task"] == "lang" and result["chain_order"] == "reverse"
+    assert result["task"] == "lang" and result["chain_order"] == "reverse" and result["hints"]
     rows = result["rows"]
     # --quick: fixed depths 1..2, then each adaptive router at the one ponder
     assert [(r["router"], r["max_depth"], r["ponder"]) for r in rows] == \
@@ -37,7 +37,8 @@ def test_tradeoff_quick_writes_every_point_and_resumes(tmp_path):
         assert summary["ood"]["exact_match"] == r["exact_match_ood"]
         assert [s["n"] for s in summary["sizes"] if s["ood"]] == [9, 10]
         with open(tmp_path / r["run"] / "config.json") as f:
-            assert json.load(f)["chain_order"] == "reverse"
+            config = json.load(f)
+            assert config["chain_order"] == "reverse" and config["hints"]
     # the same command again trains nothing: finished runs are kept
     logs = {p: p.read_text() for p in tmp_path.glob("*.train.log")}
     again = tradeoff(tmp_path)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import model as model_module
 import tasks
-from model import ANIRA, KVCache, ModelConfig, hazards_from_log_p, log_p_from_halt_logits
+from model import ANIRA, ROUTERS, KVCache, ModelConfig, hazards_from_log_p, log_p_from_halt_logits
 
 V = len(tasks.VOCAB)
 CONFIGS = [  # (router, share, reinject)
@@ -663,6 +663,41 @@ def test_prompt_loss_adds_the_prompt_cross_entropy(router):
     m.zero_grad()
     (out.loss - plain.loss).backward()
     assert m.core[0].mlp[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_exit_targets_train_each_exit_and_leave_d_star_on_the_answer(router):
+    """Hint supervision: the exit at depth d is trained on its own target (for
+    router none too, weighted by d like the adaptive routers' exits), while
+    d* still weighs each depth's cross-entropy against the answer."""
+    D, ponder = 3, 0.01
+    m = perturb(make(router, D=D, seed=14)).train()
+    exs = tasks.sample_examples("lang", random.Random(14), (5, 6), 4, chain_order="reverse")
+    idx, targets, _ = tasks.make_batch(exs)
+    exits = torch.from_numpy(tasks.exit_targets(exs, targets, D))
+    idx, targets = torch.from_numpy(idx), torch.from_numpy(targets)
+    mask = targets != -1
+    assert (exits[mask][:, 0] != targets[mask]).any()  # some hints differ from the answer
+    plain = m(idx, targets, route=False, ponder=ponder)
+    out = m(idx, targets, route=False, ponder=ponder, exit_targets=exits)
+    assert len(out.exit_logits) == D
+    ce = torch.stack([F.cross_entropy(lg[mask], exits[mask][:, d], reduction="none")
+                      for d, lg in enumerate(out.exit_logits)], -1)
+    w = torch.arange(1, D + 1, dtype=ce.dtype)
+    lm = ((ce.mean(0) * w).sum() / w.sum()).item()
+    assert out.parts["lm"] == pytest.approx(lm, abs=1e-5)
+    assert out.parts["lm"] != pytest.approx(plain.parts["lm"], abs=1e-5)
+    if router == "none":
+        assert torch.allclose(out.exit_logits[-1], out.logits)  # the last exit is the output
+        assert out.loss.item() == pytest.approx(lm, abs=1e-5)
+        return
+    _, d_star, _ = hand_loss_terms(plain, targets, ponder)  # from the answer's cross-entropy
+    assert out.parts["target_depth"] == pytest.approx(d_star.float().mean().item() + 1, abs=1e-5)
+    assert out.parts["halt"] == pytest.approx(plain.parts["halt"], abs=1e-5)
+    assert out.loss.item() == pytest.approx(lm + plain.parts["halt"], abs=1e-5)
+    # the answer at every exit is the loss without hints
+    answer = m(idx, targets, route=False, ponder=ponder, exit_targets=targets[..., None].expand(-1, -1, D))
+    assert answer.loss.item() == pytest.approx(plain.loss.item(), abs=1e-5)
 
 
 def test_lm_trained_at_every_depth_when_router_halts_at_one():

@@ -372,6 +372,15 @@ def resolve(stmts, var):
         assert hops <= len(stmts), "binding cycle"
 
 
+def chase(stmts, var):
+    """The tokens each hop from var reaches: the variables it points through, then the value."""
+    by_var = {v: rhs for _, v, rhs in stmts}
+    reached = [by_var[var]]
+    while reached[-1] not in tasks.VALUES:
+        reached.append(by_var[reached[-1]])
+    return reached
+
+
 def lang_cases():
     rng = random.Random(99)
     cases = []
@@ -429,8 +438,13 @@ def test_lang_resolution_and_features(lang_examples):
             assert 1 <= f[2]["hops"] <= hops, ctx
             assert f[2]["distance"] == value_pos - earliest, ctx
             assert f[3]["kind"] == tasks.FILLER and f[3]["hops"] == 0 and f[3]["distance"] == 0
+            # the hints: the value's chase, hop by hop; every other token is its own
+            assert ex.hints[4 * q + 2] == chase(stmts, var), ctx
+            assert len(ex.hints[4 * q + 2]) == want_hops
+            assert [ex.hints[4 * q + j] for j in (0, 1, 3)] == [[var], ["->"], [";"]]
             queried.append(var)
             max_hops_seen[hops, order] = max(max_hops_seen.get((hops, order), 0), want_hops)
+        assert len(ex.hints) == len(t) and ex.hints[-1] == ["<end>"]
         end = ex.features[-1]
         assert end["kind"] == tasks.FILLER and end["hops"] == 0 and end["distance"] == 0
         assert len(set(queried)) == n_q, "a variable queried twice"
@@ -462,6 +476,37 @@ def test_lang_chain_orders_draw_the_same_bindings():
         assert strip == [{k: x for k, x in f.items() if k != "distance"} for f in rev.features]
     with pytest.raises(ValueError, match="chain order"):
         tasks.make_example("lang", random.Random(0), 6, chain_order="sideways")
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_exit_targets_follow_the_chase_and_end_on_the_answer(depth):
+    """Exit k (1-based) is trained on the k-th hop of a value's chase, the value
+    once the chase has reached it, and the last exit on the answer; every exit
+    of any other token on its target; -1 where make_batch's targets are -1."""
+    rng = random.Random(7)
+    exs = [tasks.make_example("lang", rng, n, chain_order="reverse") for n in (3, 8, 5, 8)]  # padded
+    _, targets, feats = tasks.make_batch(exs)
+    exits = tasks.exit_targets(exs, targets, depth)
+    assert exits.shape == targets.shape + (depth,)
+    assert (exits[targets == -1] == -1).all() and (exits[..., -1] == targets).all()
+    checked_multi_hop = 0
+    for b, ex in enumerate(exs):
+        stmts = parse_lang_prompt(ex.prompt)
+        start = len(ex.prompt) - 1
+        for j, (token, f) in enumerate(zip(ex.target, ex.features)):
+            row = tasks.decode(exits[b, start + j])
+            if f["kind"] != tasks.REFERENCE:
+                assert row == [token] * depth
+                continue
+            var = ex.target[j - 2]  # the query: var -> value
+            reached = chase(stmts, var)
+            assert row[:-1] == [reached[min(k, len(reached) - 1)] for k in range(depth - 1)]
+            checked_multi_hop += depth > 1 and len(reached) > 1
+    assert checked_multi_hop > 0 or depth == 1
+    # tasks without a chase: every exit is the answer
+    dfs = tasks.sample_examples("dfs", rng, (4, 6), 3)
+    _, dfs_targets, _ = tasks.make_batch(dfs)
+    assert (tasks.exit_targets(dfs, dfs_targets, depth) == dfs_targets[..., None]).all()
 
 
 def test_by_chance_marks_only_lang_queried_variables():
