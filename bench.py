@@ -73,6 +73,7 @@ def main(argv=None):
     t.add_argument("--max-depth", type=int, default=4)
     t.add_argument("--ponders", default="0.002,0.01,0.03", help="comma-separated --ponder values")
     t.add_argument("--steps", type=int, default=2000, help="training steps of every point")
+    t.add_argument("--seed", type=int, default=0, help="train.py --seed of every point")
     t.add_argument("--num", type=int, default=100, help="evaluation examples per size")
     t.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each when more than one")
     t.add_argument("--quick", action="store_true", help="a tiny model, a few steps: proves the command works")
@@ -157,7 +158,7 @@ def tradeoff(args):
     os.makedirs(out, exist_ok=True)
     steps = 6 if args.quick else args.steps
     train_flags = ["--task", args.task, "--sizes", args.sizes, "--chain-order", args.chain_order,
-                   "--hints", args.hints, "--max-iters", str(steps)]
+                   "--hints", args.hints, "--max-iters", str(steps), "--seed", str(args.seed)]
     eval_flags = ["--sizes", f"{lo}-{ood_to}", "--num", "3" if args.quick else str(args.num)]
     if args.quick:  # seconds per point: a tiny model
         train_flags += ["--eval-every", "3", "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2",
@@ -179,8 +180,8 @@ def tradeoff(args):
     rows.sort(key=lambda r: (("none", "early", "online").index(r["router"]), r["max_depth"], r["ponder"] or 0))
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
         json.dump({"task": args.task, "chain_order": args.chain_order, "hints": args.hints == "on",
-                   "sizes": f"{lo}-{hi}", "ood_sizes": f"{hi + 1}-{ood_to}", "steps": steps, "jobs": args.jobs,
-                   "rows": rows}, f, indent=2)
+                   "sizes": f"{lo}-{hi}", "ood_sizes": f"{hi + 1}-{ood_to}", "steps": steps, "seed": args.seed,
+                   "jobs": args.jobs, "rows": rows}, f, indent=2)
     print(tradeoff_table(rows))
     title = args.task + (f" {args.chain_order}" if args.task == "lang" else "")
     title += ", hints" if args.hints == "on" else ""

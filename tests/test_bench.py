@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tradeoff(out):
     return subprocess.run([sys.executable, "bench.py", "tradeoff", "--task", "lang", "--chain-order", "reverse",
-                           "--hints", "on", "--quick", "--ponders", "0.01", "--out", str(out)],
+                           "--hints", "on", "--seed", "3", "--quick", "--ponders", "0.01", "--out", str(out)],
                           cwd=REPO, text=True, capture_output=True, timeout=600)
 
 
@@ -20,7 +20,7 @@ def test_tradeoff_quick_writes_every_point_and_resumes(tmp_path):
     res = tradeoff(tmp_path)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
     result = json.loads((tmp_path / "tradeoff.json").read_text())
-    assert result["task"] == "lang" and result["chain_order"] == "reverse" and result["hints"]
+    assert result["task"] == "lang" and result["chain_order"] == "reverse" and result["hints"] and result["seed"] == 3
     rows = result["rows"]
     # --quick: fixed depths 1..2, then each adaptive router at the one ponder
     assert [(r["router"], r["max_depth"], r["ponder"]) for r in rows] == \
@@ -38,7 +38,7 @@ def test_tradeoff_quick_writes_every_point_and_resumes(tmp_path):
         assert [s["n"] for s in summary["sizes"] if s["ood"]] == [9, 10]
         with open(tmp_path / r["run"] / "config.json") as f:
             config = json.load(f)
-            assert config["chain_order"] == "reverse" and config["hints"]
+            assert config["chain_order"] == "reverse" and config["hints"] and config["seed"] == 3
     # the same command again trains nothing: finished runs are kept
     logs = {p: p.read_text() for p in tmp_path.glob("*.train.log")}
     again = tradeoff(tmp_path)
