@@ -371,7 +371,8 @@ def parse_args(argv):
     p.add_argument("--chain-order", default=d["chain_order"], choices=tasks.CHAIN_ORDERS,
                    help="lang: forward writes each chain first link first (a = C ; b = a), "
                         "so the prompt resolves it while read; reverse (b = a ; a = C) leaves "
-                        "a k-hop query k bindings to chase: the regime where depth is needed")
+                        "a k-hop query k bindings to chase (learned with --hints on: the regime "
+                        "where depth is needed, README)")
     p.add_argument("--hints", choices=("on", "off"), default="on" if d["hints"] else "off",
                    help="lang: train the exit of iteration k on the k-th hop of each chase "
                         "(the variable it reaches, then the value), as CLRS trains on an "
