@@ -45,8 +45,8 @@ them. So here the two are decoupled:
      every other token still sees it frozen. This is what tells us how much
      more depth would have bought it. With hint supervision (train.py
      --hints, lang) the exit after iteration d is trained on the d-th step
-     of the algorithm's trace instead (the d-th hop of a chase), as CLRS
-     trains on an algorithm's intermediate states.
+     of the algorithm's trace instead (the d-th hop of a chase), every exit
+     weighing the same, as CLRS trains on an algorithm's intermediate states.
   2. Each token's target depth is the one that best trades its loss against
      compute:  d* = argmin_d  CE_d + ponder * (d - 1),  with CE_d the token's
      cross-entropy at depth d (detached). The router is trained to put its
@@ -298,8 +298,8 @@ class ANIRA(nn.Module):
                   matter most, as in early-exit training), plus
                   L_halt = -log p(d*),  d* = argmin_d CE_d + ponder * (d - 1).
         hints:    with exit_targets, the exit at depth d is trained on its own
-                  target (lang: the d-th hop of the chase) in sum_d w_d CE_d,
-                  for router none too; d* still weighs each depth's
+                  target (lang: the d-th hop of the chase) in mean_d CE_d
+                  (equal weights), for router none too; d* still weighs each depth's
                   cross-entropy against the answer, so a token halts where
                   its chase has reached the value.
         prompt:   with prompt_targets, plus the mean cross-entropy of the
@@ -321,7 +321,12 @@ class ANIRA(nn.Module):
         trained = y[:, None].expand(-1, D) if exit_targets is None else exit_targets[mask]
         ce = torch.stack([F.cross_entropy(lg[mask], trained[:, d], reduction="none")
                           for d, lg in enumerate(out.exit_logits)], -1)
-        w = torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
+        # without hints every exit predicts the answer and the late exits matter
+        # most; with hints each exit has its own step of the trace and every
+        # step counts the same, as in CLRS (weights ~ d: the chase is learned
+        # in 1 of 2 runs of seed 1, uniform: in 2 of 2 of seeds 0 and 2, README)
+        w = torch.ones(D, device=ce.device, dtype=ce.dtype) if exit_targets is not None \
+            else torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
         lm = (ce.mean(0) * w).sum() / w.sum()
         parts["lm"] = lm.item()
         if self.cfg.router == "none":

@@ -668,8 +668,8 @@ def test_prompt_loss_adds_the_prompt_cross_entropy(router):
 @pytest.mark.parametrize("router", ROUTERS)
 def test_exit_targets_train_each_exit_and_leave_d_star_on_the_answer(router):
     """Hint supervision: the exit at depth d is trained on its own target (for
-    router none too, weighted by d like the adaptive routers' exits), while
-    d* still weighs each depth's cross-entropy against the answer."""
+    router none too, every exit weighing the same), while d* still weighs
+    each depth's cross-entropy against the answer."""
     D, ponder = 3, 0.01
     m = perturb(make(router, D=D, seed=14)).train()
     exs = tasks.sample_examples("lang", random.Random(14), (5, 6), 4, chain_order="reverse")
@@ -683,8 +683,7 @@ def test_exit_targets_train_each_exit_and_leave_d_star_on_the_answer(router):
     assert len(out.exit_logits) == D
     ce = torch.stack([F.cross_entropy(lg[mask], exits[mask][:, d], reduction="none")
                       for d, lg in enumerate(out.exit_logits)], -1)
-    w = torch.arange(1, D + 1, dtype=ce.dtype)
-    lm = ((ce.mean(0) * w).sum() / w.sum()).item()
+    lm = ce.mean().item()
     assert out.parts["lm"] == pytest.approx(lm, abs=1e-5)
     assert out.parts["lm"] != pytest.approx(plain.parts["lm"], abs=1e-5)
     if router == "none":
@@ -695,9 +694,11 @@ def test_exit_targets_train_each_exit_and_leave_d_star_on_the_answer(router):
     assert out.parts["target_depth"] == pytest.approx(d_star.float().mean().item() + 1, abs=1e-5)
     assert out.parts["halt"] == pytest.approx(plain.parts["halt"], abs=1e-5)
     assert out.loss.item() == pytest.approx(lm + plain.parts["halt"], abs=1e-5)
-    # the answer at every exit is the loss without hints
+    # the answer at every exit: the exits of the loss without hints, weighed equally
     answer = m(idx, targets, route=False, ponder=ponder, exit_targets=targets[..., None].expand(-1, -1, D))
-    assert answer.loss.item() == pytest.approx(plain.loss.item(), abs=1e-5)
+    plain_ce = torch.stack([F.cross_entropy(lg[mask], targets[mask]) for lg in plain.exit_logits])
+    assert answer.parts["lm"] == pytest.approx(plain_ce.mean().item(), abs=1e-5)
+    assert answer.parts["lm"] != pytest.approx(plain.parts["lm"], abs=1e-5)  # which weighs them by d
 
 
 def test_lm_trained_at_every_depth_when_router_halts_at_one():
