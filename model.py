@@ -82,6 +82,7 @@ class ModelConfig:
     token_shift: int = 2     # inputs also see the previous token_shift tokens (0: off)
     halt_threshold: float = 0.5
     early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
+    depth_embed: bool = True  # add a learned embedding of the iteration k before each iteration
 
 
 @dataclass
@@ -179,7 +180,7 @@ class ANIRA(nn.Module):
             block = self.core[0 if cfg.share else k]
             layer = cache and cache.layer(cfg.n_prelude + k)
             if run is None:  # every token computes (training: halted ones their counterfactual continuation)
-                x = state + self.depth_embed[k]
+                x = state + self.depth_embed[k] if cfg.depth_embed else state
                 if cfg.reinject:
                     x = x + h0
                 # the others see a halted token frozen, as its final state (inference: none has halted yet)
@@ -187,7 +188,9 @@ class ANIRA(nn.Module):
                 state = block(x, rope, layer, kv)
                 visible = torch.where(active[..., None], state, visible) if training else state
             else:  # only the running tokens compute: gathered, then put back
-                x = gather(visible, run) + self.depth_embed[k]
+                x = gather(visible, run)
+                if cfg.depth_embed:
+                    x = x + self.depth_embed[k]
                 if cfg.reinject:
                     x = x + gather(h0, run)
                 state = block(x, rope, layer, seen, run)

@@ -32,6 +32,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, early_input="prelude", reinject=False, token_shift=2,
+    no_depth_embed=False,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -48,7 +49,8 @@ def main(argv=None):
     cfg = ModelConfig(vocab_size=len(tasks.VOCAB), d_model=args.d_model, n_heads=args.n_heads,
                       n_prelude=args.n_prelude, max_depth=args.max_depth, router=args.router,
                       share=not args.no_share, reinject=args.reinject,
-                      token_shift=args.token_shift, early_input=args.early_input)
+                      token_shift=args.token_shift, early_input=args.early_input,
+                      depth_embed=not args.no_depth_embed)
     model = ANIRA(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.95))
@@ -164,7 +166,7 @@ def evaluate_held_out(model, examples, args, device, route=True):
     skips the queried variables, random by design (tasks.by_chance).
     """
     model.eval()
-    correct, depth, backtrack, kind, exact, losses = [], [], [], [], [], []
+    correct, depth, backtrack, kind, hops, exact, losses = [], [], [], [], [], [], []
     for i in range(0, len(examples), 128):
         chunk = examples[i:i + 128]
         idx, targets, feats = tasks.make_batch(chunk)
@@ -181,6 +183,7 @@ def evaluate_held_out(model, examples, args, device, route=True):
             backtrack.append(feats["backtrack"][targets != -1])
         if "kind" in feats:
             kind.append(feats["kind"][targets != -1])
+            hops.append(feats["hops"][targets != -1])
     model.train()
     depth, correct = np.concatenate(depth), np.concatenate(correct)
     stats = {"loss": round(float(np.mean(losses)), 4), "token_acc": round(float(correct.mean()), 4),
@@ -193,6 +196,9 @@ def evaluate_held_out(model, examples, args, device, route=True):
     if kind:  # lang: how many values are resolved through their chains
         ref = np.concatenate(kind) == tasks.REFERENCE
         stats["reference_acc"] = round(float(correct[ref].mean()), 4)
+        h = np.concatenate(hops)  # by hops: is the chase learned, or only one-hop lookups?
+        stats["reference_acc_by_hops"] = {int(k): round(float(correct[ref & (h == k)].mean()), 3)
+                                          for k in np.unique(h[ref])}
     return stats
 
 
@@ -306,7 +312,7 @@ def pick_device(name):
 
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
-MODEL_FIELDS_ADDED = dict(early_input="prelude")
+MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True)
 
 
 def load_checkpoint(path, args=None):
@@ -333,7 +339,7 @@ def load_checkpoint(path, args=None):
         fail(f"{path} was written by another version of model.py; train it again")
     if args is not None:
         for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share",
-                    "early_input", "reinject", "token_shift", "prompt_loss", "chain_order", "hints"):
+                    "early_input", "reinject", "token_shift", "no_depth_embed", "prompt_loss", "chain_order", "hints"):
             if ckpt["config"].get(key, DEFAULTS.get(key)) != getattr(args, key):
                 fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key, DEFAULTS.get(key))!r}, "
                      f"this run asks for {getattr(args, key)!r}")
@@ -387,6 +393,9 @@ def parse_args(argv):
                    help="what the early router reads: prelude (h0), embeddings (no attention) or prompt "
                         "(the prompt and the step into the answer, never the answer so far)")
     p.add_argument("--reinject", action="store_true", help="add the prelude output h0 before every iteration")
+    p.add_argument("--no-depth-embed", action="store_true",
+                   help="no learned embedding of the iteration count: the shared block's step "
+                        "does not depend on k")
     p.add_argument("--token-shift", type=int, default=d["token_shift"],
                    help="each input also sees this many previous tokens (0: off)")
     p.add_argument("--ponder", type=float, default=d["ponder"],
