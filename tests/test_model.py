@@ -20,6 +20,20 @@ import tasks
 from model import ANIRA, ROUTERS, KVCache, ModelConfig, hazards_from_log_p, log_p_from_halt_logits
 
 V = len(tasks.VOCAB)
+# Tests that compare two computations of the same numbers (cached against
+# uncached, a batch against one prompt, routed against counterfactual) run in
+# float64: float32 round-off differs between CPUs and kernel paths by ~1e-5,
+# float64's by ~1e-14, so EXACT is 1e-9, far above round-off and far below the
+# 1e-3 and more that a real difference in what is computed makes.
+EXACT = 1e-9
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 CONFIGS = [  # (router, share, reinject)
     ("none", True, False),
     ("early", True, False),
@@ -87,7 +101,7 @@ def test_causality_eval_and_training(router, share, reinject):
     m.eval()
     with torch.no_grad():
         a, b = m(idx, adaptive=allc), m(idx2, adaptive=allc)
-    assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=1e-5, rtol=0)
+    assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=EXACT, rtol=0)
     assert torch.equal(a.depth[:, :t], b.depth[:, :t])
     # the change is visible from position t on (the test perturbs something real)
     assert not torch.allclose(a.logits[:, t], b.logits[:, t], atol=1e-3)
@@ -100,16 +114,16 @@ def test_causality_eval_and_training(router, share, reinject):
     targets[:, :4] = -1  # a prompt with no loss: non-adaptive tokens
     with torch.no_grad():
         a, b = m(idx, targets), m(idx2, targets)
-    assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=1e-5, rtol=0)
+    assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=EXACT, rtol=0)
     assert torch.equal(a.depth[:, :t], b.depth[:, :t])
     if router == "none":
         assert a.exit_logits is None
     else:
         assert len(a.exit_logits) == 4
         for ea, eb in zip(a.exit_logits, b.exit_logits):
-            assert torch.allclose(ea[:, :t], eb[:, :t], atol=1e-5, rtol=0)
+            assert torch.allclose(ea[:, :t], eb[:, :t], atol=EXACT, rtol=0)
         assert a.log_p_depth.shape == (B, T, 4)
-        assert torch.allclose(a.log_p_depth[:, :t], b.log_p_depth[:, :t], atol=1e-5, rtol=0)
+        assert torch.allclose(a.log_p_depth[:, :t], b.log_p_depth[:, :t], atol=EXACT, rtol=0)
         assert not torch.allclose(a.exit_logits[-1][:, t], b.exit_logits[-1][:, t], atol=1e-3)
         assert len(torch.unique(a.depth[targets != -1])) >= 2
 
@@ -171,7 +185,7 @@ def test_full_depth_cases(router, share, reinject):
         assert (routed.depth == 3).all()
     assert (fixed.depth == 3).all()      # adaptive False everywhere
     assert (unrouted.depth == 3).all()   # route=False
-    assert torch.allclose(fixed.logits, unrouted.logits, atol=1e-6)
+    assert torch.allclose(fixed.logits, unrouted.logits, atol=EXACT)
     # training forward with route=False: full depth as well
     m.train()
     targets = torch.randint(0, V, idx.shape)
@@ -224,17 +238,17 @@ def test_halted_tokens_are_frozen_eval(router):
             for t in range(idx.shape[1]):
                 i, d = b * idx.shape[1] + t, int(out.depth[b, t])
                 frozen = calls[d - 1]["out"][rows[d - 1][i]]
-                assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=1e-5)
+                assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=EXACT)
                 for k in range(len(calls)):
                     assert (i in rows[k]) == (k < d)  # computed while running, never after
                     if k < d:  # running: its own input of iteration k
                         x = calls[k]["x"][rows[k][i]]
-                        assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(x), atol=1e-5)
+                        assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(x), atol=EXACT)
                         if k > 0:
                             before = calls[k - 1]["out"][rows[k - 1][i]]
-                            assert torch.allclose(x, before + m.depth_embed[k], atol=1e-6)
+                            assert torch.allclose(x, before + m.depth_embed[k], atol=EXACT)
                     else:  # halted: seen frozen, as its final state
-                        assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(frozen), atol=1e-5)
+                        assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(frozen), atol=EXACT)
                 halted += d < D
     handle.remove()
     assert halted > 0
@@ -260,15 +274,15 @@ def test_halted_tokens_training_counterfactual(router):
             for t in range(idx.shape[1]):
                 i, d = b * idx.shape[1] + t, int(out.depth[b, t])
                 frozen = calls[d - 1]["out"][i]
-                assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=1e-5)
+                assert torch.allclose(out.logits[b, t], m.head(m.norm(frozen)), atol=EXACT)
                 for k in range(D):
                     assert torch.equal(calls[k]["run"], torch.arange(idx.numel()))  # every token computes
-                    assert torch.allclose(out.exit_logits[k][b, t], m.head(m.norm(calls[k]["out"][i])), atol=1e-5)
+                    assert torch.allclose(out.exit_logits[k][b, t], m.head(m.norm(calls[k]["out"][i])), atol=EXACT)
                     if k > 0:  # the own state always continues
-                        assert torch.allclose(calls[k]["x"][i], calls[k - 1]["out"][i] + m.depth_embed[k], atol=1e-6)
+                        assert torch.allclose(calls[k]["x"][i], calls[k - 1]["out"][i] + m.depth_embed[k], atol=EXACT)
                     # ... while the others see it frozen from depth d on
                     shown = calls[k]["x"][i] if k < d else frozen
-                    assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(shown), atol=1e-5)
+                    assert torch.allclose(calls[k]["kv"][i], m.core[0].keys_values(shown), atol=EXACT)
                 halted += d < D
     handle.remove()
     assert halted > 0
@@ -288,7 +302,7 @@ def test_counterfactual_forward_keeps_the_routed_logits_and_depths(router):
         plain, counterfactual = m(idx, adaptive=adaptive), m(idx, targets, adaptive=adaptive)
     assert (plain.depth < m.cfg.max_depth).any() and (plain.depth > 1).any()
     assert torch.equal(plain.depth, counterfactual.depth)
-    assert torch.allclose(plain.logits, counterfactual.logits, atol=1e-5)
+    assert torch.allclose(plain.logits, counterfactual.logits, atol=EXACT)
 
 
 class RecordingCache(KVCache):
@@ -327,8 +341,8 @@ def test_generate_cache_frozen_keys(router, monkeypatch):
                 continue
             k_frozen, v_frozen = cache.keys[core + d, b, :, p], cache.values[core + d, b, :, p]
             for k in range(d + 1, D):
-                assert torch.allclose(cache.keys[core + k, b, :, p], k_frozen, atol=1e-6, rtol=0)
-                assert torch.allclose(cache.values[core + k, b, :, p], v_frozen, atol=1e-6, rtol=0)
+                assert torch.allclose(cache.keys[core + k, b, :, p], k_frozen, atol=EXACT, rtol=0)
+                assert torch.allclose(cache.values[core + k, b, :, p], v_frozen, atol=EXACT, rtol=0)
             # the last active iteration saw the token's input of that iteration, not its final state
             assert not torch.allclose(cache.keys[core + d - 1, b, :, p], k_frozen, atol=1e-4)
             checked += 1
@@ -385,13 +399,13 @@ def test_generate_matches_uncached_forward(router, share, reinject):
     assert (out.depth[:, :P - 1] == D).all()
     logits, cached_depths = cached_logits(m, prompt, tokens)
     assert torch.equal(cached_depths, depths)
-    assert torch.allclose(logits, out.logits[:, P - 1:], atol=1e-5, rtol=0)
+    assert torch.allclose(logits, out.logits[:, P - 1:], atol=EXACT, rtol=0)
 
     # one prompt at a time gives the same as the batch
     for b in range(B):
         tb, db = m.generate(prompt[b:b + 1], N)
         assert torch.equal(tb[0], tokens[b]) and torch.equal(db[0], depths[b])
-        assert torch.allclose(cached_logits(m, prompt[b:b + 1], tokens[b:b + 1])[0][0], logits[b], atol=1e-5, rtol=0)
+        assert torch.allclose(cached_logits(m, prompt[b:b + 1], tokens[b:b + 1])[0][0], logits[b], atol=EXACT, rtol=0)
 
 
 @pytest.mark.parametrize("router", ["early", "online"])
@@ -483,7 +497,7 @@ def test_early_router_inputs_are_causal(early_input, n_prelude):
     t = 10
     a, da = early_decisions(early_input, n_prelude, idx, targets)
     b, db = early_decisions(early_input, n_prelude, changed_at(idx, t), targets)
-    assert torch.allclose(a[:, :t], b[:, :t], atol=1e-5, rtol=0)
+    assert torch.allclose(a[:, :t], b[:, :t], atol=EXACT, rtol=0)
     assert torch.equal(da[:, :t], db[:, :t])
     assert len(torch.unique(da[targets != -1])) >= 2, "the router should pick several depths here"
 
@@ -494,7 +508,7 @@ def test_embedding_router_sees_only_its_token_and_the_token_shift():
     a, _ = early_decisions("embeddings", 1, idx, targets)
     b, _ = early_decisions("embeddings", 1, changed_at(idx, t), targets)
     assert not torch.allclose(a[:, t], b[:, t], atol=1e-4)  # it sees its own token
-    assert torch.allclose(a[:, t + K + 1:], b[:, t + K + 1:], atol=1e-6, rtol=0)  # no attention
+    assert torch.allclose(a[:, t + K + 1:], b[:, t + K + 1:], atol=EXACT, rtol=0)  # no attention
     # whereas the prelude router (h0) sees every earlier token
     c, _ = early_decisions("prelude", 1, idx, targets)
     d, _ = early_decisions("prelude", 1, changed_at(idx, t), targets)
@@ -508,7 +522,7 @@ def test_prompt_router_never_sees_the_answer_so_far():
     answer = slice(P - 1, None)
     # an answer token changed: no answer token's decision moves
     b, _ = early_decisions("prompt", 1, changed_at(idx, P + 2), targets)
-    assert torch.allclose(a[:, answer], b[:, answer], atol=1e-6, rtol=0)
+    assert torch.allclose(a[:, answer], b[:, answer], atol=EXACT, rtol=0)
     # a prompt token changed: the decisions move (it reads the prompt)
     c, _ = early_decisions("prompt", 1, changed_at(idx, 2), targets)
     assert not torch.allclose(a[:, answer], c[:, answer], atol=1e-4)
@@ -528,7 +542,7 @@ def test_generate_matches_uncached_forward_for_early_inputs(early_input):
     assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
     assert torch.equal(out.depth[:, P - 1:], depths)
     logits, _ = cached_logits(m, prompt, tokens)
-    assert torch.allclose(logits, out.logits[:, P - 1:], atol=1e-5, rtol=0)
+    assert torch.allclose(logits, out.logits[:, P - 1:], atol=EXACT, rtol=0)
 
 
 def test_generate_stops_at_end_id():
@@ -554,24 +568,24 @@ def test_log_p_from_halt_logits_by_hand():
     # hazards 1/2, 3/4, 1/4, and the last depth always stops
     p = log_p_from_halt_logits(a).exp()
     expect = torch.tensor([0.5, 0.5 * 0.75, 0.5 * 0.25 * 0.25, 0.5 * 0.25 * 0.75])
-    assert torch.allclose(p, expect, atol=1e-6)
-    assert torch.allclose(p.sum(), torch.tensor(1.0), atol=1e-6)
+    assert torch.allclose(p, expect, atol=EXACT)
+    assert torch.allclose(p.sum(), torch.tensor(1.0), atol=EXACT)
 
     a = torch.randn(3, 5, 6) * 3
     log_p = log_p_from_halt_logits(a)
     assert log_p.shape == a.shape
-    assert torch.allclose(log_p.exp().sum(-1), torch.ones(3, 5), atol=1e-5)
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(3, 5), atol=EXACT)
     h = torch.sigmoid(a.double())
     h[..., -1] = 1.0
     cont = torch.cumprod(1 - h, -1)
     by_hand = h * torch.cat([torch.ones_like(cont[..., :1]), cont[..., :-1]], -1)
-    assert torch.allclose(log_p.exp().double(), by_hand, atol=1e-6)
+    assert torch.allclose(log_p.exp().double(), by_hand, atol=EXACT)
     # all the remaining mass is on the last depth, whatever its own logit says
     for last in (-50.0, 0.0, 50.0):
         a2 = a.clone()
         a2[..., -1] = last
-        assert torch.allclose(log_p_from_halt_logits(a2), log_p, atol=1e-6)
-    assert torch.allclose(log_p[..., -1].exp().double(), torch.prod(1 - h[..., :-1], -1), atol=1e-6)
+        assert torch.allclose(log_p_from_halt_logits(a2), log_p, atol=EXACT)
+    assert torch.allclose(log_p[..., -1].exp().double(), torch.prod(1 - h[..., :-1], -1), atol=EXACT)
 
 
 def test_hazards_from_log_p_inverts():
@@ -580,16 +594,16 @@ def test_hazards_from_log_p_inverts():
     h = hazards_from_log_p(log_p)
     assert h.shape == log_p.shape
     assert (h >= 0).all() and (h <= 1 + 1e-6).all()
-    assert torch.allclose(h[..., -1], torch.ones(4, 7), atol=1e-6)
+    assert torch.allclose(h[..., -1], torch.ones(4, 7), atol=EXACT)
     cont = torch.cumprod(1 - h, -1)
     rebuilt = h * torch.cat([torch.ones_like(cont[..., :1]), cont[..., :-1]], -1)
-    assert torch.allclose(rebuilt, log_p.exp(), atol=1e-5)
+    assert torch.allclose(rebuilt, log_p.exp(), atol=EXACT)
     # and through the online form: logits of those hazards give the same distribution back
     a = torch.logit(h.double().clamp(1e-12, 1 - 1e-12))
-    assert torch.allclose(log_p_from_halt_logits(a).exp(), log_p.exp().double(), atol=1e-6)
+    assert torch.allclose(log_p_from_halt_logits(a).exp(), log_p.exp().double(), atol=EXACT)
     # uniform over D depths: hazards 1/(D-k+1), above 0.5 only at the last depth
     u = hazards_from_log_p(torch.full((5,), -torch.log(torch.tensor(5.0))))
-    assert torch.allclose(u, torch.tensor([1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0]), atol=1e-6)
+    assert torch.allclose(u, torch.tensor([1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0]), atol=EXACT)
 
 
 # -----------------------------------------------------------------------------
@@ -749,7 +763,7 @@ def test_router_reads_detached_states(router):
     lm, _, _ = hand_loss_terms(out, targets, 0.05)
     lm.backward()
     for name, p in non_router_params(m):
-        assert torch.allclose(full[name], p.grad, atol=1e-7), name
+        assert torch.allclose(full[name], p.grad, atol=EXACT), name
 
 
 # -----------------------------------------------------------------------------
