@@ -118,9 +118,10 @@ def speed(args):
         order = list(models) if r % 2 == 0 else list(reversed(models))
         for name in order:
             t = time.perf_counter()
-            out = models[name](idx, targets, prompt_targets=prompt)
+            out = models[name](idx, adaptive=targets != -1, counterfactual=True)
+            loss, _ = models[name].loss(out, targets, prompt_targets=prompt)
             optims[name].zero_grad()
-            out.loss.backward()
+            loss.backward()
             optims[name].step()
             if r >= 2:
                 times[name].append(time.perf_counter() - t)

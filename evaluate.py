@@ -122,15 +122,15 @@ def token_rows(model, examples, batch_size, device):
     depth, features) for its target tokens. Teacher-forced: since every
     prediction is the argmax of the same forward that greedy decoding runs, an
     example is an exact match under greedy decoding iff all its rows are
-    correct. Given targets, an adaptive model also runs every token's
-    counterfactual continuation and returns an exit per depth; the tokens'
-    own depths and predictions are those of plain inference."""
+    correct. An adaptive model runs the counterfactual forward, which also
+    continues every token to max_depth and returns an exit per depth; the
+    tokens' own depths and predictions are those of plain inference."""
     adaptive_router = model.cfg.router != "none"
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         idx, targets, _ = tasks.make_batch(chunk)
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
-        out = model(idx_t, targets_t if adaptive_router else None, adaptive=targets_t != -1)
+        out = model(idx_t, adaptive=targets_t != -1, counterfactual=adaptive_router)
         pred, depth = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
         needed = depth_needed(out.exit_logits, targets_t).cpu().numpy() if adaptive_router else None
         for b, ex in enumerate(chunk):

@@ -59,6 +59,7 @@ The router reads detached representations, so halting never shapes them.
 """
 import contextlib
 import math
+from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
@@ -89,10 +90,8 @@ class ModelConfig:
 class Output:
     logits: torch.Tensor            # (B, T, V) at each token's own depth
     depth: torch.Tensor             # (B, T) iterations each token ran
-    exit_logits: list = None        # per depth (B, T, V), training only
-    log_p_depth: torch.Tensor = None  # (B, T, D) log halting distribution
-    loss: torch.Tensor = None
-    parts: dict = None              # the loss terms, as floats, for logging
+    exit_logits: list = None        # per iteration (B, T, V), counterfactual (training) only
+    log_p_depth: torch.Tensor = None  # (B, T, D) log halting distribution, counterfactual only
 
 
 class ANIRA(nn.Module):
@@ -126,114 +125,91 @@ class ANIRA(nn.Module):
         # (early: zero logits are uniform over depths, whose hazards 1/(D-k+1)
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
-    def forward(self, idx, targets=None, adaptive=None, route=True, ponder=0.002, prompt_targets=None,
-                cache=None, exit_targets=None):
-        """Run the model on token ids idx (B, T).
+    def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None):
+        """Run the model on token ids idx (B, T); returns an Output.
 
-        targets   (B, T) next-token ids, -1 where there is no loss. Given
-                  targets, the loss is computed and every token runs the
-                  counterfactual continuation to max_depth (training).
-        adaptive  (B, T) bool: tokens whose depth the router decides; the others
-                  (the prompt) run max_depth. Default: targets != -1, else all.
-        route     False runs every token to max_depth (the warm-up phase before
-                  halting is switched on); the router is still trained.
-        prompt_targets  (B, T) next-token ids on the prompt, -1 elsewhere: adds
-                  an ordinary language-model loss on the prompt (see `loss`).
-        cache     a KVCache for incremental decoding (see generate()).
-        exit_targets  (B, T, max_depth) the target of each iteration's exit
-                  (hint supervision: tasks.exit_targets); every exit is then
-                  trained, router none's too (see `loss`). Default: targets.
+        adaptive  (B, T) bool: the tokens whose depth the router decides (the
+                  answer); the others (the prompt) run max_depth. Default: all.
+        route     False runs every token to max_depth (the warm-up before
+                  halting is switched on); the router's distribution is still
+                  computed, and trained.
+        counterfactual  the training forward: every token runs all max_depth
+                  iterations (past its halt, its own state keeps iterating while
+                  the others see it frozen), and the Output holds every
+                  iteration's exit and the halting distribution, for `loss`.
+                  False (inference) computes only the tokens still running.
+        cache     a KVCache: the T tokens follow the ones it holds (generate()).
         """
-        cfg, D, C = self.cfg, self.cfg.max_depth, self.cfg.d_model
-        B, T = idx.shape
-        head_dim = C // cfg.n_heads
-        rope = rotary(T, head_dim, idx.device) if cache is None else cache.rotary(T, head_dim, idx.device)
         if adaptive is None:
-            adaptive = targets != -1 if targets is not None else torch.ones_like(idx, dtype=torch.bool)
-        answer = adaptive  # the answer tokens, whether or not the router acts on them yet
-        if not route or cfg.router == "none":
-            adaptive = torch.zeros_like(adaptive)
-        training = targets is not None
-
-        x = embedded = self.embed_tokens(idx, cache)
+            adaptive = torch.ones_like(idx, dtype=torch.bool)
+        pos = self.positions(idx.shape[1], idx.device, cache)
+        embedded = self.embed_tokens(idx, cache)
+        h0 = embedded
         for i, block in enumerate(self.prelude):
-            x = block(x, rope, cache and cache.layer(i))
-        h0 = x
-        active = torch.ones_like(idx, dtype=torch.bool)  # still iterating
-        depth = torch.zeros_like(idx)
-        if cfg.router == "early":  # ANIRA-E: all hazards fixed before the recurrence
-            early_logits = self.router(self.early_router_input(embedded, h0, answer, cache).detach())
-            log_p_depth = F.log_softmax(early_logits, -1)
-            stops = adaptive[..., None] & (hazards_from_log_p(log_p_depth) > cfg.halt_threshold)
-        # state: every token's own state; in training it runs past halting (the
-        # counterfactual continuation). visible: what the others attend to, a
-        # halted token's frozen state.
+            h0 = block(h0, pos, cache and cache.layer(i))
+        halting = Halting(self, embedded, h0, adaptive, route, cache)
+        visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual)
+        return Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exits or None,
+                      log_p_depth=halting.log_p_depth() if counterfactual else None)
+
+    def recur(self, h0, halting, pos, cache=None, counterfactual=False):
+        """The recurrence: token i runs d_i iterations of the shared block.
+
+            x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the depth embedding
+            s_k = block(x_k), attending to the keys and values of x_k at the
+                  tokens still running and of the frozen state at halted ones
+            a token halts after iteration k if its hazard h_k > halt_threshold
+
+        Returns the visible states (each token's state at its own depth), the
+        depths, and in training every iteration's exit logits. `state` is each
+        token's own state, `visible` what the others attend to: they differ
+        only in training, where a halted token keeps iterating (the
+        counterfactual continuation that `loss` trains every depth with).
+        Inference skips the halted tokens' work (`Skipping`).
+        """
+        cfg = self.cfg
         state = visible = h0
-        # Inference computes only the running tokens. Once one has halted, `run`
-        # lists them (flat indices into the B*T positions), and `seen` holds the
-        # keys and values every position shows the others: a running token's
-        # from its input at this iteration, a halted token's from its frozen
-        # state, computed once, when it halted.
-        run = seen = None
-        halt_logits, exit_logits = [], []
-        for k in range(D):
+        running = torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device)
+        depth = torch.zeros_like(running, dtype=torch.long)
+        skip = None if counterfactual else Skipping()
+        exits = []
+        for k in range(cfg.max_depth):
             block = self.core[0 if cfg.share else k]
             layer = cache and cache.layer(cfg.n_prelude + k)
-            if run is None:  # every token computes (training: halted ones their counterfactual continuation)
-                x = state + self.depth_embed[k] if cfg.depth_embed else state
-                if cfg.reinject:
-                    x = x + h0
-                # the others see a halted token frozen, as its final state (inference: none has halted yet)
-                kv = block.keys_values(torch.where(active[..., None], x, visible)) if training else None
-                state = block(x, rope, layer, kv)
-                visible = torch.where(active[..., None], state, visible) if training else state
-            else:  # only the running tokens compute: gathered, then put back
-                x = gather(visible, run)
-                if cfg.depth_embed:
-                    x = x + self.depth_embed[k]
-                if cfg.reinject:
-                    x = x + gather(h0, run)
-                state = block(x, rope, layer, seen, run)
-                put(visible, run, state)
-            depth += active
-            if training and (cfg.router != "none" or exit_targets is not None):
-                exit_logits.append(self.head(self.norm(state)))
-            if cfg.router == "none" or k == D - 1:
-                continue  # the last iteration stops every token: no hazard needed
-            if cfg.router == "online":  # ANIRA-O: hazard from the state after iteration k
-                halt_logits.append(self.router(state.detach()).squeeze(-1))
-                stop = torch.sigmoid(halt_logits[-1]) > cfg.halt_threshold
-                if run is not None:  # the running tokens' decisions in their places
-                    stop = stop.new_zeros(B * T).index_copy_(0, run, stop).view(B, T)
-                stop = stop & adaptive
-            else:
-                stop = stops[..., k]
-            halting = active & stop
-            active = active & ~halting
-            if not training and bool(halting.any()):
-                # the keys and values the halted tokens show from now on, computed once
-                run = active.view(-1).nonzero().squeeze(1)
-                if seen is None and len(run) == 0:  # all at once (decoding a single sequence: always)
-                    seen = block.keys_values(visible)
-                else:
-                    if seen is None:
-                        seen = visible.new_empty(B, T, 2 * C)
-                    halted = halting.view(-1).nonzero().squeeze(1)
-                    put(seen, halted, block.keys_values(gather(visible, halted)))
-                if len(run) == 0:
-                    if cache is not None:  # the later iterations see the frozen states
-                        cache.write(slice(cfg.n_prelude + k + 1, None), *block.heads(seen, rope))
-                    break
+            if skip is not None and skip.rows is not None:  # only the running tokens compute
+                state = block(self.iteration_input(skip.take(visible), skip.take(h0), k), pos, layer,
+                              skip.kv, skip.rows)
+                skip.put(visible, state)
+            else:  # every token computes; in training the others see a halted one frozen
+                x = self.iteration_input(state, h0, k)
+                kv = block.keys_values(torch.where(running[..., None], x, visible)) if counterfactual else None
+                state = block(x, pos, layer, kv)
+                visible = torch.where(running[..., None], state, visible) if counterfactual else state
+            depth += running
+            if counterfactual:
+                exits.append(self.head(self.norm(state)))
+            if not halting.can_stop(k):
+                continue
+            halted = running & halting.stops_after(k, state, skip and skip.rows)
+            running = running & ~halted
+            if skip is not None and skip.freeze(block, visible, halted, running):
+                if cache is not None:  # no token runs on: the later iterations see the frozen states
+                    cache.write(slice(cfg.n_prelude + k + 1, None), *block.heads(skip.kv, pos))
+                break
+        return visible, depth, exits
+
+    def iteration_input(self, state, h0, k):
+        """x_k: the state, plus the embedding of iteration k (unless the step
+        must not depend on k: depth_embed False), plus h0 with reinject."""
+        if self.cfg.depth_embed:
+            state = state + self.depth_embed[k]
+        return state + h0 if self.cfg.reinject else state
+
+    def positions(self, T, device, cache=None):
+        """Rotary tables and attention mask of the next T positions."""
         if cache is not None:
-            cache.length += T
-        out = Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exit_logits or None)
-        if training and cfg.router == "online":  # (the last depth's logit is never read: it always stops)
-            out.log_p_depth = log_p_from_halt_logits(F.pad(torch.stack(halt_logits, -1), (0, 1)))
-        elif training and cfg.router == "early":
-            out.log_p_depth = log_p_depth
-        if training:
-            out.loss, out.parts = self.loss(out, targets, ponder, prompt_targets, exit_targets)
-        return out
+            return cache.extend(T, self.cfg.d_model // self.cfg.n_heads, device)
+        return Positions(*rotary(T, self.cfg.d_model // self.cfg.n_heads, device), mask=None)
 
     def early_router_input(self, embedded, h0, answer, cache=None):
         """What ANIRA-E's router reads (cfg.early_input), an ablation of how
@@ -260,7 +236,7 @@ class ANIRA(nn.Module):
         if mode == "embeddings":
             return embedded
         B, T, C = h0.shape
-        offset = cache.length if cache is not None else 0
+        offset = cache.start if cache is not None else 0
         if offset:  # decoding: the prompt ran before and left its summary
             first, summary = cache.answer_start, cache.prompt_summary
         else:
@@ -285,7 +261,7 @@ class ANIRA(nn.Module):
         K, T = self.cfg.token_shift, idx.shape[1]
         if not K:
             return x
-        before = cache.recent if cache is not None and cache.length else idx.new_zeros(idx.shape[0], K)
+        before = cache.recent if cache is not None and cache.start else idx.new_zeros(idx.shape[0], K)
         padded = torch.cat([before, idx], 1)
         for j, embed in enumerate(self.shift_embed, 1):  # j tokens back
             x = x + embed(padded[:, K - j:K - j + T])
@@ -293,8 +269,11 @@ class ANIRA(nn.Module):
             cache.recent = padded[:, -K:]
         return x
 
-    def loss(self, out, targets, ponder, prompt_targets=None, exit_targets=None):
-        """Deep-supervised LM loss plus the router's loss (see the module docstring).
+    def loss(self, out, targets, ponder=0.002, prompt_targets=None, exit_targets=None):
+        """The training loss of a counterfactual forward's Output, and its terms
+        as floats for logging: the deep-supervised LM loss plus the router's
+        loss (see the module docstring). targets (B, T): next-token ids, -1
+        where there is no loss.
 
         none:     cross-entropy at max_depth, as any fixed-depth Transformer.
         adaptive: sum_d w_d CE_d with w_d proportional to d (the late exits
@@ -378,6 +357,84 @@ class ANIRA(nn.Module):
         return torch.stack(tokens, 1), torch.stack(depths, 1)
 
 
+class Halting:
+    """The halting rule of one forward. A token the router decides for
+    (adaptive, once routing is on) stops after the first iteration k whose
+    hazard h_k = P(stop at k | reached k) passes halt_threshold:
+      none    never: every token runs max_depth
+      early   ANIRA-E: p = softmax(MLP(h0)) over depths 1..max_depth, fixed
+              before the first iteration; h_k = p(k) / sum_{j>=k} p(j)
+      online  ANIRA-O: h_k = sigmoid(MLP(s_k)), from the state after iteration k
+    Both routers read detached representations, so halting never shapes them.
+    It keeps the halting distribution log p(d) that `loss` trains."""
+
+    def __init__(self, model, embedded, h0, adaptive, route=True, cache=None):
+        self.model, self.cfg = model, model.cfg
+        self.decides = adaptive & (route and self.cfg.router != "none")
+        self.halt_logits = []  # online: a_k, with h_k = sigmoid(a_k)
+        if self.cfg.router == "early":  # all hazards fixed before the recurrence
+            logits = model.router(model.early_router_input(embedded, h0, adaptive, cache).detach())
+            self.log_p = F.log_softmax(logits, -1)
+            self.early_stops = hazards_from_log_p(self.log_p) > self.cfg.halt_threshold
+
+    def can_stop(self, k):
+        """Whether a token may stop after iteration k (the last stops every token)."""
+        return self.cfg.router != "none" and k < self.cfg.max_depth - 1
+
+    def stops_after(self, k, state, rows=None):
+        """(B, T) bool: the tokens whose hazard says stop after iteration k.
+        state: (B, T, C), or (N, C) for the running tokens at the flat `rows`."""
+        if self.cfg.router == "early":
+            return self.decides & self.early_stops[..., k]
+        self.halt_logits.append(self.model.router(state.detach()).squeeze(-1))
+        stop = torch.sigmoid(self.halt_logits[-1]) > self.cfg.halt_threshold
+        if rows is not None:  # the running tokens' decisions in their places
+            stop = stop.new_zeros(self.decides.numel()).index_copy_(0, rows, stop).view_as(self.decides)
+        return self.decides & stop
+
+    def log_p_depth(self):
+        """(B, T, max_depth) log p(d); None for router none."""
+        if self.cfg.router == "early":
+            return self.log_p
+        if self.cfg.router == "online":  # h_max_depth = 1 (its logit is never read)
+            return log_p_from_halt_logits(F.pad(torch.stack(self.halt_logits, -1), (0, 1)))
+        return None
+
+
+class Skipping:
+    """Inference's bookkeeping for skipping the halted tokens' work, so that a
+    halted token is really not computed again. Holds, once a token has halted:
+      rows  the flat indices (into the B*T positions) of the tokens still
+            running, whose inputs are gathered, computed, and put back;
+      kv    (B, T, 2C) the keys and values each position shows the others: a
+            halted token's those of its frozen state, computed once, when it
+            halted (a running token's are replaced by the block each iteration).
+    While every token runs, rows is None and the loop computes them all."""
+
+    def __init__(self):
+        self.rows = self.kv = None
+
+    def take(self, x):
+        return gather(x, self.rows)
+
+    def put(self, x, computed):
+        put(x, self.rows, computed)
+
+    def freeze(self, block, visible, halted, running):
+        """Record the tokens that halted after this iteration; True once no token runs."""
+        if not bool(halted.any()):
+            return False
+        self.rows = running.view(-1).nonzero().squeeze(1)
+        if self.kv is None and len(self.rows) == 0:  # all at once (decoding one sequence: always)
+            self.kv = block.keys_values(visible)
+        else:
+            if self.kv is None:
+                self.kv = visible.new_empty(*visible.shape[:2], 2 * visible.shape[-1])
+            frozen = halted.view(-1).nonzero().squeeze(1)
+            put(self.kv, frozen, block.keys_values(gather(visible, frozen)))
+        return len(self.rows) == 0
+
+
 @contextlib.contextmanager
 def native_kernels():
     """PyTorch's own CPU kernels instead of oneDNN's (torch.backends.mkldnn.flags
@@ -442,7 +499,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C))
         self.proj.residual = self.mlp[-1].residual = True
 
-    def forward(self, x, rope, cache=None, kv=None, run=None):
+    def forward(self, x, pos, cache=None, kv=None, run=None):
         """x (B, T, C): the inputs of every position; or with `run`, (N, C): those
         of the N running tokens at the flat indices `run` of the B*T positions.
         kv (B, T, 2C): the keys and values every position presents (None: x's
@@ -453,80 +510,86 @@ class Block(nn.Module):
             kv = self.kv(h)
         elif run is not None:
             put(kv, run, self.kv(h))
-        x = x + self.attend(self.q(h), kv, rope, cache, run)
+        x = x + self.attend(self.q(h), kv, pos, cache, run)
         return x + self.mlp(self.ln2(x))
 
     def keys_values(self, x):
         return self.kv(self.ln1(x))
 
-    def heads(self, kv, rope):
+    def heads(self, kv, pos):
         """kv (B, T, 2C) -> keys (rotated) and values (B, H, T, C/H)."""
         B, T, C2 = kv.shape
         k, v = kv.view(B, T, 2, self.n_heads, C2 // (2 * self.n_heads)).permute(2, 0, 3, 1, 4)
-        return apply_rotary(k, rope), v
+        return apply_rotary(k, pos), v
 
-    def attend(self, q, kv, rope, cache=None, run=None):
+    def attend(self, q, kv, pos, cache=None, run=None):
         B, T, C2 = kv.shape
         C, H = C2 // 2, self.n_heads
-        k, v = self.heads(kv, rope)
-        if cache is not None:
+        k, v = self.heads(kv, pos)
+        if cache is not None:  # the keys and values of every position so far
             k, v = cache.append(k, v)
         if run is not None and T > 1:  # the queries back in their places (zeros at halted tokens, dropped below)
             q = q.new_zeros(B * T, C).index_copy_(0, run, q)
         elif run is not None:  # one position per row (decoding): attend with the running rows' keys alone
             k, v = k.index_select(0, run), v.index_select(0, run)
-        q = apply_rotary(q.view(-1, T, H, C // H).transpose(1, 2), rope)
-        S = k.shape[2]  # keys: the S - T cached positions, then these T
-        if S == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new position sees every cached one
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:
-            mask = torch.arange(S, device=q.device)[None, :] <= torch.arange(S - T, S, device=q.device)[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        q = apply_rotary(q.view(-1, T, H, C // H).transpose(1, 2), pos)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=pos.mask, is_causal=pos.mask is None)
         y = y.transpose(1, 2).reshape(len(q), T, C)
         if run is not None:
             y = y.view(-1, C) if T == 1 else gather(y, run)
         return self.proj(y)
 
 
+# Rotary tables (T, head_dim) of T positions, and which keys each query sees:
+# key j is visible to query i iff j <= S - T + i, for the S keys of the T new
+# positions and those cached before them. mask (T, S) bool, or None when
+# there is no cache (S = T): plain causal attention.
+Positions = namedtuple("Positions", "cos sin mask")
+
+
 class KVCache:
-    """Keys and values of the positions seen so far, in buffers allocated once
-    for `size` positions, so that a new token copies only its own. Layer i <
-    n_prelude is prelude block i; layer n_prelude + k is core iteration k: what
-    a query at iteration k attends to. There a token still running at k has the
-    keys and values of its input at k, and a halted token those of its frozen
-    state, computed once when it halted and written to each later iteration's
-    layer. Also the last token ids (for the next tokens' token shift)."""
+    """The keys and values of the positions seen so far, for incremental
+    decoding, in buffers allocated once for `size` positions so that a new
+    token copies only its own. Layer i < n_prelude is prelude block i; layer
+    n_prelude + k is core iteration k: what a query at iteration k attends to.
+    There a token still running at k has the keys and values of its input at
+    k, and a halted token those of its frozen state (written once it halts).
+    `extend` takes the next positions; the forward then writes their keys and
+    values at every layer. Beside them, what the next tokens' inputs need:
+    the last token ids (the token shift) and ANIRA-E's prompt summary."""
 
     def __init__(self, size, n_layers):
-        self.size, self.n_layers, self.length, self.recent = size, n_layers, 0, None
+        self.size, self.n_layers = size, n_layers
+        self.start = self.length = 0  # the positions being written: start..length-1
         self.keys = self.values = None  # (n_layers, B, H, size, head_dim), at the first write
-        self.rope = None
-        self.answer_start = self.prompt_summary = None  # for ANIRA-E with early_input "prompt"
+        self.rope = None  # the rotary tables of all `size` positions, made once
+        self.recent = None  # the last token_shift ids
+        self.answer_start = self.prompt_summary = None  # ANIRA-E with early_input "prompt"
 
-    def rotary(self, T, head_dim, device):
-        """The rotary tables of the next T positions, cut from tables made once."""
+    def extend(self, T, head_dim, device):
+        """Take the next T positions; return their Positions."""
+        if self.length + T > self.size:
+            raise ValueError(f"the cache holds {self.size} positions; {self.length + T} were asked for")
         if self.rope is None:
             self.rope = rotary(self.size, head_dim, device)
-        return tuple(r[self.length:self.length + T] for r in self.rope)
+        self.start, self.length = self.length, self.length + T
+        S = self.length
+        mask = torch.arange(S, device=device)[None, :] <= torch.arange(self.start, S, device=device)[:, None]
+        return Positions(self.rope[0][self.start:S], self.rope[1][self.start:S], mask)
 
     def layer(self, i):
         return _LayerCache(self, i)
 
     def write(self, layers, k, v):
-        """Store k, v (B, H, T, head_dim) at the T positions after `length` of
-        `layers` (one index, or a slice of several); return the keys and values
-        of those layers up to these positions."""
+        """Store k, v (B, H, T, head_dim) at the positions taken by `extend` in
+        `layers` (one index, or a slice of several); return the keys and
+        values of those layers up to these positions."""
         if self.keys is None:
             self.keys = k.new_empty(self.n_layers, *k.shape[:2], self.size, k.shape[3])
             self.values = torch.empty_like(self.keys)
-        end = self.length + k.shape[2]
-        if end > self.size:
-            raise ValueError(f"the cache holds {self.size} positions; {end} were asked for")
-        self.keys[layers, :, :, self.length:end] = k
-        self.values[layers, :, :, self.length:end] = v
-        return self.keys[layers, :, :, :end], self.values[layers, :, :, :end]
+        self.keys[layers, :, :, self.start:self.length] = k
+        self.values[layers, :, :, self.start:self.length] = v
+        return self.keys[layers, :, :, :self.length], self.values[layers, :, :, :self.length]
 
 
 class _LayerCache:
@@ -548,10 +611,9 @@ def rotary(T, head_dim, device):
     return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
 
 
-def apply_rotary(x, rope):
+def apply_rotary(x, pos):
     """Rotate each pair (x_i, x_{i+half}) by its position's angle, in three ops."""
-    cos, sin = rope
-    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+    return x * pos.cos + x.roll(x.shape[-1] // 2, -1) * pos.sin
 
 
 def init_weights(m):

@@ -126,13 +126,13 @@ def main(argv=None):
                 exits = torch.from_numpy(tasks.exit_targets(batch, targets, args.max_depth)).to(device)
             idx, targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
             with autocast(device):
-                out = model(idx, targets, route=step >= args.halt_warmup, ponder=args.ponder,
-                            prompt_targets=prompt, exit_targets=exits)
-            check_finite(out.loss.item(), step, ckpt_path)
-            for name, value in out.parts.items():
+                out = model(idx, adaptive=targets != -1, route=step >= args.halt_warmup, counterfactual=True)
+                loss, parts = model.loss(out, targets, args.ponder, prompt, exits)
+            check_finite(loss.item(), step, ckpt_path)
+            for name, value in parts.items():
                 train_parts.setdefault(name, []).append(value)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             step += 1

@@ -111,8 +111,8 @@ def test_tokens_csv_and_summary(evaluated, task, router):
         idx, targets, _ = tasks.make_batch(examples)
         with torch.no_grad():
             out = m(torch.from_numpy(idx), adaptive=torch.from_numpy(targets) != -1)
-            exits = m(torch.from_numpy(idx), torch.from_numpy(targets),
-                      adaptive=torch.from_numpy(targets) != -1).exit_logits
+            exits = m(torch.from_numpy(idx), adaptive=torch.from_numpy(targets) != -1,
+                      counterfactual=True).exit_logits
         for j, ex in enumerate(examples):
             sample_rows = by_sample[i * NUM + j]
             expected_rows += len(ex.target)

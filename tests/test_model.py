@@ -74,6 +74,14 @@ def perturb(m, std=0.4, router_std=1.0):
     return m
 
 
+def trained(m, idx, targets, route=True, ponder=0.002, **loss_args):
+    """The training forward and its loss, as train.py runs them: the Output
+    with .loss and .parts attached."""
+    out = m(idx, adaptive=targets != -1, route=route, counterfactual=True)
+    out.loss, out.parts = m.loss(out, targets, ponder, **loss_args)
+    return out
+
+
 def dfs_batch(seed, num=4, sizes=(4, 5)):
     exs = tasks.sample_examples("dfs", random.Random(seed), sizes, num)
     idx, targets, _ = tasks.make_batch(exs)
@@ -113,15 +121,13 @@ def test_causality_eval_and_training(router, share, reinject):
     targets = torch.randint(0, V, (B, T))
     targets[:, :4] = -1  # a prompt with no loss: non-adaptive tokens
     with torch.no_grad():
-        a, b = m(idx, targets), m(idx2, targets)
+        a, b = trained(m, idx, targets), trained(m, idx2, targets)
     assert torch.allclose(a.logits[:, :t], b.logits[:, :t], atol=EXACT, rtol=0)
     assert torch.equal(a.depth[:, :t], b.depth[:, :t])
-    if router == "none":
-        assert a.exit_logits is None
-    else:
-        assert len(a.exit_logits) == 4
-        for ea, eb in zip(a.exit_logits, b.exit_logits):
-            assert torch.allclose(ea[:, :t], eb[:, :t], atol=EXACT, rtol=0)
+    assert len(a.exit_logits) == 4
+    for ea, eb in zip(a.exit_logits, b.exit_logits):
+        assert torch.allclose(ea[:, :t], eb[:, :t], atol=EXACT, rtol=0)
+    if router != "none":
         assert a.log_p_depth.shape == (B, T, 4)
         assert torch.allclose(a.log_p_depth[:, :t], b.log_p_depth[:, :t], atol=EXACT, rtol=0)
         assert not torch.allclose(a.exit_logits[-1][:, t], b.exit_logits[-1][:, t], atol=1e-3)
@@ -143,8 +149,8 @@ def test_token_shift_sees_exactly_the_k_previous_tokens(K):
     # in chunks with a cache (as generate() feeds it), the same inputs
     cache, pieces = KVCache(10, 0), []
     for lo, hi in ((0, 4), (4, 5), (5, 6), (6, 10)):
+        cache.extend(hi - lo, 16, idx.device)  # the forward takes its positions, then embeds
         pieces.append(m.embed_tokens(idx[:, lo:hi], cache))
-        cache.length = hi
     torch.testing.assert_close(torch.cat(pieces, 1), whole)
 
 
@@ -190,7 +196,7 @@ def test_full_depth_cases(router, share, reinject):
     m.train()
     targets = torch.randint(0, V, idx.shape)
     with torch.no_grad():
-        out = m(idx, targets, route=False)
+        out = trained(m, idx, targets, route=False)
     assert (out.depth == 3).all()
 
 
@@ -267,7 +273,7 @@ def test_halted_tokens_training_counterfactual(router):
     targets[:, :3] = -1
     calls, handle = record_core_calls(m)
     with torch.no_grad():
-        out = m(idx, targets)
+        out = trained(m, idx, targets)
         assert len(calls) == D and len(out.exit_logits) == D
         halted = 0
         for b in range(idx.shape[0]):
@@ -299,7 +305,7 @@ def test_counterfactual_forward_keeps_the_routed_logits_and_depths(router):
     targets = torch.randint(0, V, idx.shape)
     adaptive = torch.ones_like(idx, dtype=torch.bool)
     with torch.no_grad():
-        plain, counterfactual = m(idx, adaptive=adaptive), m(idx, targets, adaptive=adaptive)
+        plain, counterfactual = m(idx, adaptive=adaptive), m(idx, adaptive=adaptive, counterfactual=True)
     assert (plain.depth < m.cfg.max_depth).any() and (plain.depth > 1).any()
     assert torch.equal(plain.depth, counterfactual.depth)
     assert torch.allclose(plain.logits, counterfactual.logits, atol=EXACT)
@@ -453,7 +459,7 @@ def test_inference_computes_only_running_tokens(router):
     rows.update({name: 0 for name in layers})
     targets = torch.randint(0, V, idx.shape)
     with torch.no_grad():
-        m(idx, targets)
+        trained(m, idx, targets)
     assert rows["q"] == rows["kv"] == D * idx.numel()
     for h in handles:
         h.remove()
@@ -472,7 +478,7 @@ def early_decisions(early_input, n_prelude, idx, targets):
     m = perturb(make("early", seed=3, early_input=early_input, n_prelude=n_prelude))
     m.train()
     with torch.no_grad():
-        out = m(idx, targets)
+        out = trained(m, idx, targets)
     return out.log_p_depth, out.depth
 
 
@@ -628,7 +634,7 @@ def test_target_depth_and_router_gradient(router):
     _, idx, targets = dfs_batch(11)
     mask = targets != -1
     for ponder in (0.0, 0.05, 0.5):
-        out = m(idx, targets, route=False, ponder=ponder)
+        out = trained(m, idx, targets, route=False, ponder=ponder)
         lm, d_star, ce = hand_loss_terms(out, targets, ponder)
         # d* = argmin_d CE_d + ponder (d - 1), checked against a brute-force loop
         for i in range(0, len(d_star), 7):
@@ -641,12 +647,12 @@ def test_target_depth_and_router_gradient(router):
         assert out.loss.item() == pytest.approx(lm.item() + halt.item(), abs=1e-5)
     assert len(torch.unique(d_star)) >= 2  # the targets really differ between tokens
     # a large compute cost puts every target at depth 1
-    out = m(idx, targets, route=False, ponder=100.0)
+    out = trained(m, idx, targets, route=False, ponder=100.0)
     assert out.parts["target_depth"] == pytest.approx(1.0)
 
     # one gradient step of the router moves probability onto d*
     ponder = 0.05
-    out = m(idx, targets, route=False, ponder=ponder)
+    out = trained(m, idx, targets, route=False, ponder=ponder)
     _, d_star, _ = hand_loss_terms(out, targets, ponder)
     before = out.log_p_depth[mask].gather(1, d_star[:, None]).mean().item()
     m.zero_grad()
@@ -654,7 +660,7 @@ def test_target_depth_and_router_gradient(router):
     with torch.no_grad():
         for p in m.router.parameters():
             p -= 0.05 * p.grad
-        after_out = m(idx, targets, route=False, ponder=ponder)
+        after_out = trained(m, idx, targets, route=False, ponder=ponder)
     after = after_out.log_p_depth[mask].gather(1, d_star[:, None]).mean().item()
     assert after > before
 
@@ -666,8 +672,8 @@ def test_prompt_loss_adds_the_prompt_cross_entropy(router):
     m = perturb(make(router, seed=13)).train()
     exs, idx, targets = dfs_batch(13)
     prompt = torch.from_numpy(tasks.prompt_targets(idx.numpy(), targets.numpy()))
-    plain = m(idx, targets, route=False)
-    out = m(idx, targets, route=False, prompt_targets=prompt)
+    plain = trained(m, idx, targets, route=False)
+    out = trained(m, idx, targets, route=False, prompt_targets=prompt)
     in_prompt = prompt != -1
     assert in_prompt.sum() == sum(len(ex.prompt) - 1 for ex in exs)
     assert (out.depth[in_prompt] == m.cfg.max_depth).all()
@@ -692,8 +698,8 @@ def test_exit_targets_train_each_exit_and_leave_d_star_on_the_answer(router):
     idx, targets = torch.from_numpy(idx), torch.from_numpy(targets)
     mask = targets != -1
     assert (exits[mask][:, 0] != targets[mask]).any()  # some hints differ from the answer
-    plain = m(idx, targets, route=False, ponder=ponder)
-    out = m(idx, targets, route=False, ponder=ponder, exit_targets=exits)
+    plain = trained(m, idx, targets, route=False, ponder=ponder)
+    out = trained(m, idx, targets, route=False, ponder=ponder, exit_targets=exits)
     assert len(out.exit_logits) == D
     ce = torch.stack([F.cross_entropy(lg[mask], exits[mask][:, d], reduction="none")
                       for d, lg in enumerate(out.exit_logits)], -1)
@@ -709,7 +715,7 @@ def test_exit_targets_train_each_exit_and_leave_d_star_on_the_answer(router):
     assert out.parts["halt"] == pytest.approx(plain.parts["halt"], abs=1e-5)
     assert out.loss.item() == pytest.approx(lm + plain.parts["halt"], abs=1e-5)
     # the answer at every exit: the exits of the loss without hints, weighed equally
-    answer = m(idx, targets, route=False, ponder=ponder, exit_targets=targets[..., None].expand(-1, -1, D))
+    answer = trained(m, idx, targets, route=False, ponder=ponder, exit_targets=targets[..., None].expand(-1, -1, D))
     plain_ce = torch.stack([F.cross_entropy(lg[mask], targets[mask]) for lg in plain.exit_logits])
     assert answer.parts["lm"] == pytest.approx(plain_ce.mean().item(), abs=1e-5)
     assert answer.parts["lm"] != pytest.approx(plain.parts["lm"], abs=1e-5)  # which weighs them by d
@@ -727,7 +733,7 @@ def test_lm_trained_at_every_depth_when_router_halts_at_one():
         ev = m.eval()(idx, adaptive=mask)
     assert (ev.depth[mask] == 1).all() and (ev.depth[~mask] == D).all()
     m.train()
-    out = m(idx, targets, route=True)
+    out = trained(m, idx, targets, route=True)
     assert (out.depth[mask] == 1).all()  # the visible stream halts at depth 1
     assert len(out.exit_logits) == D
     assert not torch.allclose(out.exit_logits[-1][mask], out.exit_logits[0][mask], atol=1e-4)
@@ -746,7 +752,7 @@ def test_router_reads_detached_states(router):
     m = perturb(make(router, D=4, seed=13), router_std=0.5).train()
     _, idx, targets = dfs_batch(13)
     mask = targets != -1
-    out = m(idx, targets, ponder=0.05)
+    out = trained(m, idx, targets, ponder=0.05)
     assert len(torch.unique(out.depth[mask])) >= 1
     # the halting loss alone reaches the router only
     halt = F.nll_loss(out.log_p_depth[mask], torch.randint(0, 4, (int(mask.sum()),)))
@@ -786,7 +792,7 @@ def test_overfits_tiny_batch(router):
     assert accuracy() < 0.5
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for _ in range(200):
-        out = m(idx, targets)
+        out = trained(m, idx, targets)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
