@@ -109,18 +109,57 @@ def analyze(d):
     if constant_depth:
         notes.append("depth is constant: correlations, R^2 and importance are undefined (n/a)")
 
-    coef, intercept, r2_full = ols(Z, y)
-    if np.linalg.matrix_rank(Z) < len(kept):
-        notes.append("some features are exact linear combinations of others (e.g. step + remaining = n_nodes): "
-                     "their coefficients are one of many equally good fits (minimum norm); LMG shares split "
-                     "the credit fairly")
+    fits = regressions(d, Z, y, kept, cfg, notes)
     lmg, drop, method = importance(Z, y, constant_depth)
     if not constant_depth and not np.isfinite(lmg).any():
         notes.append("the features explain no variance of depth: importance shares are undefined")
     elif not constant_depth and not np.isfinite(drop).any():
         notes.append("no feature explains depth on its own (collinear): drop-one shares are undefined")
 
-    # decision timing: how much of depth do static cues explain, how much the execution state?
+    def per_feature(values):
+        return {f: (values[kept.index(f)] if f in kept else math.nan) for f in names}
+
+    align = cfg.get("align") if cfg.get("align") in names else None
+    shown = list(dict.fromkeys(f for f in [align, *cfg.get("key", names[:6])] if f in names))
+    values, counts = np.unique(y, return_counts=True)
+    rank_y = rankdata(y)
+    by_size, source, train_sizes = sizes(d)
+    vs_needed = depth_vs_needed(y, d["needed"], d["correct"])
+    needed = d["needed"] if vs_needed else None  # None also for router none (a blank column)
+    return {
+        "task": d["task"], "router": d["router"], "rows": len(y), "features": names, "dropped": dropped,
+        "size_feature": fits["size_feature"],
+        "static_features": [f for f in kept if f in cfg.get("static", ())],
+        "dynamic_features": [f for f in kept if f in cfg.get("dynamic", ())],
+        "r2_full": fits["r2_full"], "r2_static": fits["r2_static"], "r2_dynamic": fits["r2_dynamic"],
+        "r2_categorical_n": fits["r2_categorical_n"],
+        "r2_categorical_gain": fits["r2_categorical_n"] - fits["r2_full"],
+        "intercept": fits["intercept"], "coef": per_feature(fits["coef"]),
+        "importance": per_feature(lmg), "importance_drop_one": per_feature(drop), "importance_method": method,
+        "spearman": {f: corr(rankdata(X[:, j]), rank_y) for j, f in enumerate(names)},
+        "pearson": {f: corr(X[:, j], y) for j, f in enumerate(names)},
+        "depth_hist": {str(number(v)): int(c) for v, c in zip(values, counts)},
+        "mean_depth": float(y.mean()), "std_depth": float(y.std()),
+        "alignment_feature": align,
+        "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"], needed) for f in shown},
+        "depth_by_n": by_value(d["n"], y, d["correct"]),
+        "by_size": by_size, "by_size_source": source, "train_sizes": train_sizes,
+        "depth_vs_needed": vs_needed,
+        "notes": notes,
+    }
+
+
+def regressions(d, Z, y, kept, cfg, notes):
+    """The OLS fits of depth on the standardized features Z (columns `kept`):
+    all of them; the static and the dynamic ones alone (decision timing: how
+    much of depth do static cues explain, how much the execution state?); and
+    all but size with size one-hot (the non-linear size effect). Appends to
+    `notes` what makes a number undefined or ambiguous."""
+    coef, intercept, r2_full = ols(Z, y)
+    if np.linalg.matrix_rank(Z) < len(kept):
+        notes.append("some features are exact linear combinations of others (e.g. step + remaining = n_nodes): "
+                     "their coefficients are one of many equally good fits (minimum norm); LMG shares split "
+                     "the credit fairly")
     if not cfg:
         notes.append(f"task '{d['task']}' is not in TASKS: no static/dynamic split")
     r2_group = {}
@@ -136,44 +175,14 @@ def analyze(d):
     if leaked:
         notes.append(f"the dynamic features determine {', '.join(leaked)} exactly (e.g. step + remaining = "
                      "n_nodes), so R^2 dynamic also captures that static effect")
-
     # non-linear size effect: swap the linear size feature for a one-hot of n
-    size = cfg.get("size") or next((f for f in ("n_nodes", "n_vars") if f in names), None)
+    size = cfg.get("size") or next((f for f in ("n_nodes", "n_vars") if f in d["features"]), None)
     levels = np.unique(d["n"])
     onehot = (d["n"][:, None] == levels[1:]).astype(float)  # the first size is the baseline
     others = [j for j, f in enumerate(kept) if f != size]
-    r2_cat = ols(np.hstack([Z[:, others], onehot]), y)[2]
-
-    def per_feature(values):
-        return {f: (values[kept.index(f)] if f in kept else math.nan) for f in names}
-
-    align = cfg.get("align") if cfg.get("align") in names else None
-    shown = list(dict.fromkeys(f for f in [align, *cfg.get("key", names[:6])] if f in names))
-    values, counts = np.unique(y, return_counts=True)
-    rank_y = rankdata(y)
-    by_size, source, train_sizes = sizes(d)
-    vs_needed = depth_vs_needed(y, d["needed"], d["correct"])
-    needed = d["needed"] if vs_needed else None  # None also for router none (a blank column)
-    return {
-        "task": d["task"], "router": d["router"], "rows": len(y), "features": names, "dropped": dropped,
-        "size_feature": size,
-        "static_features": [f for f in kept if f in cfg.get("static", ())],
-        "dynamic_features": [f for f in kept if f in cfg.get("dynamic", ())],
-        "r2_full": r2_full, "r2_static": r2_group["static"], "r2_dynamic": r2_group["dynamic"],
-        "r2_categorical_n": r2_cat, "r2_categorical_gain": r2_cat - r2_full,
-        "intercept": float(intercept), "coef": per_feature(coef),
-        "importance": per_feature(lmg), "importance_drop_one": per_feature(drop), "importance_method": method,
-        "spearman": {f: corr(rankdata(X[:, j]), rank_y) for j, f in enumerate(names)},
-        "pearson": {f: corr(X[:, j], y) for j, f in enumerate(names)},
-        "depth_hist": {str(number(v)): int(c) for v, c in zip(values, counts)},
-        "mean_depth": float(y.mean()), "std_depth": float(y.std()),
-        "alignment_feature": align,
-        "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"], needed) for f in shown},
-        "depth_by_n": by_value(d["n"], y, d["correct"]),
-        "by_size": by_size, "by_size_source": source, "train_sizes": train_sizes,
-        "depth_vs_needed": vs_needed,
-        "notes": notes,
-    }
+    return {"coef": coef, "intercept": float(intercept), "r2_full": r2_full, "size_feature": size,
+            "r2_static": r2_group["static"], "r2_dynamic": r2_group["dynamic"],
+            "r2_categorical_n": ols(np.hstack([Z[:, others], onehot]), y)[2]}
 
 
 def depth_vs_needed(depth, needed, correct):

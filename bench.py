@@ -134,6 +134,195 @@ def speed(args):
         print(f"{name:>10} {1000 * med:>8.0f} {med / base:>8.2f}")
 
 
+def data_speed(args):
+    for task in tasks.TASKS:
+        for n in (tasks.DEFAULT_SIZES[task][1], 16):
+            rng = random.Random(0)
+            t = time.perf_counter()
+            for _ in range(args.num):
+                tasks.make_example(task, rng, n)
+            print(f"{task:>5} n={n:<3} {args.num / (time.perf_counter() - t):>9.0f} examples/s")
+
+
+def generate_speed(args):
+    """Greedy generation, the routed model against the same weights forced to
+    max_depth (a halting threshold above 1: no hazard passes it), over the same
+    prompts, alternating, medians of --rounds. The prompt runs at full depth in
+    both modes (only its last token is routed), so it is timed on its own
+    (generate with one new token) and taken off both to judge decoding:
+
+      ideal            blocks run / blocks at full depth while decoding, prelude
+                       included: mean of (n_prelude + d) / (n_prelude + max_depth)
+      skip efficiency  (1 - measured time ratio) / (1 - ideal); 1 means every
+                       skipped block saved its full share of the time.
+
+    Also the same weights as a fixed-depth model (router none) whose depth is
+    the routed mean depth rounded up: the cheapest fixed alternative. And, from
+    that model against the same at depth 1, the time one more iteration adds
+    to a decoding step (`iter us`): at batch 1 it is all per-iteration
+    overhead; only what it gains with the batch is work that skipping the
+    halted rows can save."""
+    if args.quick:
+        args.rounds, args.batch_sizes, args.prompts = 1, "1,4", 4
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.prompts % max(batch_sizes):
+        train.fail(f"--prompts {args.prompts} must be a multiple of every batch size")
+    models = [load_or_train(path, args.quick) for path in args.ckpt] if args.ckpt else \
+        [load_or_train(router, args.quick) for router in ("early", "online")]
+    print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, "
+          f"medians of {args.rounds} rounds (x batch / 8 from batch 16)")
+    results = []
+    for name, config, model in models:
+        task = config["task"]
+        prompts = equal_length_prompts(config, args.n, args.prompts)
+        n_new = len(prompts.target[0])
+        routed, full = model, twin(model, halt_threshold=2.0)
+        depths = generate_all(routed, prompts.ids, max(batch_sizes), n_new)[1][:, 1:].float()
+        D, n_pre = model.cfg.max_depth, model.cfg.n_prelude
+        ideal = ((n_pre + depths) / (n_pre + D)).mean().item()
+        fixed_depth = math.ceil(depths.mean().item())
+        variants = {"routed": routed, "full": full, "fixed": twin(model, router="none", max_depth=fixed_depth),
+                    "depth1": twin(model, router="none", max_depth=1)}
+        print(f"\n{name}: {task}, n={args.n}, {len(prompts.ids)} prompts of {prompts.ids.shape[1]} tokens, "
+              f"{n_new} new tokens; decoding mean depth {depths.mean():.2f} of {D}; "
+              f"fixed depth {fixed_depth}")
+        print(f"{'batch':>5} {'tok/s routed':>12} {'full':>7} {'fixed':>7} {'prompt share':>12} "
+              f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10} {'iter us':>7}")
+        rows = []
+        for B in batch_sizes:
+            # Per round and variant, the prompt alone then the whole generation, back to
+            # back: decoding is their difference. The ratios are medians of each round's
+            # ratio, so that a slow spell of the machine cancels out. A large batch
+            # runs few generate() calls, so it gets more rounds.
+            t = {v: {"prompt": [], "total": [], "decode": []} for v in variants}
+            rounds = args.rounds * max(1, B // 8)
+            for r in range(rounds + 1):  # round 0 warms up
+                order = list(variants) if r % 2 == 0 else list(reversed(variants))
+                for v in order:
+                    prompt = timed(generate_all, variants[v], prompts.ids, B, 1)
+                    total = timed(generate_all, variants[v], prompts.ids, B, n_new)
+                    if r:
+                        t[v]["prompt"].append(prompt)
+                        t[v]["total"].append(total)
+                        t[v]["decode"].append(total - prompt)
+            med = {v: {what: statistics.median(ts) for what, ts in t[v].items()} for v in variants}
+            decode = median_ratio(t["routed"]["decode"], t["full"]["decode"])
+            steps = len(prompts.ids) // B * (n_new - 1)  # decoding steps per round
+            iteration = (med["fixed"]["decode"] - med["depth1"]["decode"]) / steps / (fixed_depth - 1) \
+                if fixed_depth > 1 else None
+            row = dict(batch=B, rounds=rounds, iteration_seconds=iteration,
+                       tokens_per_s={v: len(prompts.ids) * n_new / med[v]["total"] for v in variants},
+                       prompt_share=median_ratio(t["full"]["prompt"], t["full"]["total"]),
+                       decode_ratio=decode, ideal=ideal,
+                       skip_efficiency=(1 - decode) / (1 - ideal) if ideal < 1 else None,  # nothing skipped
+                       end_to_end_ratio=median_ratio(t["routed"]["total"], t["full"]["total"]), seconds=med)
+            rows.append(row)
+            tps = row["tokens_per_s"]
+            print(f"{B:>5} {tps['routed']:>12.0f} {tps['full']:>7.0f} {tps['fixed']:>7.0f} "
+                  f"{row['prompt_share']:>12.2f} {row['decode_ratio']:>12.2f} {ideal:>6.2f} "
+                  f"{fmt(row['skip_efficiency']):>8} {row['end_to_end_ratio']:>10.2f} "
+                  f"{'-' if iteration is None else f'{1e6 * iteration:.0f}':>7}")
+        results.append(dict(model=name, task=task, router=model.cfg.router, max_depth=D,
+                            decode_mean_depth=depths.mean().item(), fixed_depth=fixed_depth, rows=rows))
+    report = dict(threads=torch.get_num_threads(), load_average=os.getloadavg()[0], rounds=args.rounds,
+                  prompts=args.prompts, n=args.n, quick=args.quick, models=results)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
+
+
+def median_ratio(a, b):
+    """The median over rounds of a[r] / b[r]."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def load_or_train(source, quick):
+    """(name, training config, model) from a checkpoint path, or a small model of router
+    `source` trained on the spot on dfs (--quick: a tiny one, a few steps)."""
+    if source in ROUTERS:
+        out = os.path.join("out", "bench", f"{'quick' if quick else 'small'}-{source}")
+        steps = ["--max-iters", "40", "--halt-warmup", "10", "--eval-every", "40", "--eval-num", "16",
+                 "--warmup", "5", "--d-model", "32", "--n-heads", "2", "--ponder", "0.5"] if quick else \
+                ["--max-iters", "250", "--halt-warmup", "50", "--ponder", "0.03", "--eval-every", "125", "--eval-num", "64"]
+        if not os.path.isfile(os.path.join(out, "ckpt.pt")):
+            print(f"training a small {source} model on the spot in {out}")
+            train.main(["--task", "dfs", "--router", source, "--out", out, *steps])
+        source = os.path.join(out, "ckpt.pt")
+    ckpt = train.load_checkpoint(source)
+    if ckpt["model_config"]["router"] == "none":
+        train.fail(f"{source}: router none has no halting to measure")
+    model = ANIRA(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return source, ckpt["config"], model.eval()
+
+
+def twin(model, **changes):
+    """The same weights under another config: a halting threshold, or router
+    none at a smaller max_depth (the first depth embeddings, no router)."""
+    cfg = dataclasses.replace(model.cfg, **changes)
+    other = ANIRA(cfg)
+    state = {k: v for k, v in model.state_dict().items() if k in other.state_dict()}
+    state["depth_embed"] = state["depth_embed"][:cfg.max_depth]
+    other.load_state_dict(state)
+    return other.eval()
+
+
+def equal_length_prompts(config, n, num):
+    """`num` prompts of size n and of one length (generate() takes a batch of
+    equal lengths), drawn as the checkpoint's training config draws them (lang:
+    its chain order): the most common length among fresh examples."""
+    rng = random.Random(30_000)
+    params = train.task_params(config)
+    pool = [tasks.make_example(config["task"], rng, n, **params) for _ in range(max(1000, 50 * num))]
+    length = statistics.mode(len(ex.prompt) for ex in pool)
+    chosen = [ex for ex in pool if len(ex.prompt) == length][:num]
+    ids = torch.tensor([tasks.encode(ex.prompt) for ex in chosen])
+    return argparse.Namespace(ids=ids, target=[ex.target for ex in chosen])
+
+
+def timed(f, *args):
+    start = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - start
+
+
+def generate_all(model, prompts, batch_size, n_new):
+    """Greedy generation of n_new tokens for every prompt, batch_size at a time."""
+    out = [model.generate(prompts[i:i + batch_size], n_new) for i in range(0, len(prompts), batch_size)]
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def check(run):
+    path = os.path.join(run, "log.jsonl")
+    if not os.path.isfile(path):
+        print(f"error: no log.jsonl in {run}", file=sys.stderr)
+        sys.exit(2)
+    with open(path) as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    last = log[-1]
+    bars = [("exact-match >= 0.90", last["exact_match"] >= 0.90, last["exact_match"]),
+            ("within 15 minutes", last["minutes"] <= 15, last["minutes"])]
+    if config["router"] != "none":
+        bars += [("mean depth <= 0.75 * max_depth", last["mean_depth"] <= 0.75 * config["max_depth"],
+                  last["mean_depth"]),
+                 ("at least 3 distinct depths", last["distinct_depths"] >= 3, last["distinct_depths"]),
+                 ("depth std >= 0.5", last["std_depth"] >= 0.5, last["std_depth"])]
+    for name, ok, value in bars:
+        print(f"{'PASS' if ok else 'FAIL'}  {name:<32} measured {value}")
+    return all(ok for _, ok, _ in bars)
+
+
+
+# -----------------------------------------------------------------------------
+# the trade-off sweep: not a timing benchmark but a runner of train.py and
+# evaluate.py over fixed depths and ponders (one process per point)
+
 def tradeoff(args):
     lo, hi = train.parse_size_range(args.sizes, args.task)
     ood_to = args.ood_to or min(hi + 2, tasks.max_size(args.task))
@@ -270,187 +459,6 @@ def tradeoff_plot(rows, path, title):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
-
-
-def data_speed(args):
-    for task in tasks.TASKS:
-        for n in (tasks.DEFAULT_SIZES[task][1], 16):
-            rng = random.Random(0)
-            t = time.perf_counter()
-            for _ in range(args.num):
-                tasks.make_example(task, rng, n)
-            print(f"{task:>5} n={n:<3} {args.num / (time.perf_counter() - t):>9.0f} examples/s")
-
-
-def generate_speed(args):
-    """Greedy generation, the routed model against the same weights forced to
-    max_depth (a halting threshold above 1: no hazard passes it), over the same
-    prompts, alternating, medians of --rounds. The prompt runs at full depth in
-    both modes (only its last token is routed), so it is timed on its own
-    (generate with one new token) and taken off both to judge decoding:
-
-      ideal            blocks run / blocks at full depth while decoding, prelude
-                       included: mean of (n_prelude + d) / (n_prelude + max_depth)
-      skip efficiency  (1 - measured time ratio) / (1 - ideal); 1 means every
-                       skipped block saved its full share of the time.
-
-    Also the same weights as a fixed-depth model (router none) whose depth is
-    the routed mean depth rounded up: the cheapest fixed alternative. And, from
-    that model against the same at depth 1, the time one more iteration adds
-    to a decoding step (`iter us`): at batch 1 it is all per-iteration
-    overhead; only what it gains with the batch is work that skipping the
-    halted rows can save."""
-    if args.quick:
-        args.rounds, args.batch_sizes, args.prompts = 1, "1,4", 4
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    if args.prompts % max(batch_sizes):
-        train.fail(f"--prompts {args.prompts} must be a multiple of every batch size")
-    models = [load_or_train(path, args.quick) for path in args.ckpt] if args.ckpt else \
-        [load_or_train(router, args.quick) for router in ("early", "online")]
-    print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, "
-          f"medians of {args.rounds} rounds (x batch / 8 from batch 16)")
-    results = []
-    for name, task, model in models:
-        prompts = equal_length_prompts(task, args.n, args.prompts)
-        n_new = len(prompts.target[0])
-        routed, full = model, twin(model, halt_threshold=2.0)
-        depths = generate_all(routed, prompts.ids, max(batch_sizes), n_new)[1][:, 1:].float()
-        D, n_pre = model.cfg.max_depth, model.cfg.n_prelude
-        ideal = ((n_pre + depths) / (n_pre + D)).mean().item()
-        fixed_depth = math.ceil(depths.mean().item())
-        variants = {"routed": routed, "full": full, "fixed": twin(model, router="none", max_depth=fixed_depth),
-                    "depth1": twin(model, router="none", max_depth=1)}
-        print(f"\n{name}: {task}, n={args.n}, {len(prompts.ids)} prompts of {prompts.ids.shape[1]} tokens, "
-              f"{n_new} new tokens; decoding mean depth {depths.mean():.2f} of {D}; "
-              f"fixed depth {fixed_depth}")
-        print(f"{'batch':>5} {'tok/s routed':>12} {'full':>7} {'fixed':>7} {'prompt share':>12} "
-              f"{'decode ratio':>12} {'ideal':>6} {'skip eff':>8} {'end to end':>10} {'iter us':>7}")
-        rows = []
-        for B in batch_sizes:
-            # Per round and variant, the prompt alone then the whole generation, back to
-            # back: decoding is their difference. The ratios are medians of each round's
-            # ratio, so that a slow spell of the machine cancels out. A large batch
-            # runs few generate() calls, so it gets more rounds.
-            t = {v: {"prompt": [], "total": [], "decode": []} for v in variants}
-            rounds = args.rounds * max(1, B // 8)
-            for r in range(rounds + 1):  # round 0 warms up
-                order = list(variants) if r % 2 == 0 else list(reversed(variants))
-                for v in order:
-                    prompt = timed(generate_all, variants[v], prompts.ids, B, 1)
-                    total = timed(generate_all, variants[v], prompts.ids, B, n_new)
-                    if r:
-                        t[v]["prompt"].append(prompt)
-                        t[v]["total"].append(total)
-                        t[v]["decode"].append(total - prompt)
-            med = {v: {what: statistics.median(ts) for what, ts in t[v].items()} for v in variants}
-            decode = median_ratio(t["routed"]["decode"], t["full"]["decode"])
-            steps = len(prompts.ids) // B * (n_new - 1)  # decoding steps per round
-            iteration = (med["fixed"]["decode"] - med["depth1"]["decode"]) / steps / (fixed_depth - 1) \
-                if fixed_depth > 1 else None
-            row = dict(batch=B, rounds=rounds, iteration_seconds=iteration,
-                       tokens_per_s={v: len(prompts.ids) * n_new / med[v]["total"] for v in variants},
-                       prompt_share=median_ratio(t["full"]["prompt"], t["full"]["total"]),
-                       decode_ratio=decode, ideal=ideal,
-                       skip_efficiency=(1 - decode) / (1 - ideal) if ideal < 1 else None,  # nothing skipped
-                       end_to_end_ratio=median_ratio(t["routed"]["total"], t["full"]["total"]), seconds=med)
-            rows.append(row)
-            tps = row["tokens_per_s"]
-            print(f"{B:>5} {tps['routed']:>12.0f} {tps['full']:>7.0f} {tps['fixed']:>7.0f} "
-                  f"{row['prompt_share']:>12.2f} {row['decode_ratio']:>12.2f} {ideal:>6.2f} "
-                  f"{fmt(row['skip_efficiency']):>8} {row['end_to_end_ratio']:>10.2f} "
-                  f"{'-' if iteration is None else f'{1e6 * iteration:.0f}':>7}")
-        results.append(dict(model=name, task=task, router=model.cfg.router, max_depth=D,
-                            decode_mean_depth=depths.mean().item(), fixed_depth=fixed_depth, rows=rows))
-    report = dict(threads=torch.get_num_threads(), load_average=os.getloadavg()[0], rounds=args.rounds,
-                  prompts=args.prompts, n=args.n, quick=args.quick, models=results)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nwrote {args.json}")
-
-
-def median_ratio(a, b):
-    """The median over rounds of a[r] / b[r]."""
-    return statistics.median(x / y for x, y in zip(a, b))
-
-
-def fmt(x):
-    return "-" if x is None else f"{x:.2f}"
-
-
-def load_or_train(source, quick):
-    """(name, task, model) from a checkpoint path, or a small model of router
-    `source` trained on the spot on dfs (--quick: a tiny one, a few steps)."""
-    if source in ROUTERS:
-        out = os.path.join("out", "bench", f"{'quick' if quick else 'small'}-{source}")
-        steps = ["--max-iters", "40", "--halt-warmup", "10", "--eval-every", "40", "--eval-num", "16",
-                 "--warmup", "5", "--d-model", "32", "--n-heads", "2", "--ponder", "0.5"] if quick else \
-                ["--max-iters", "250", "--halt-warmup", "50", "--ponder", "0.03", "--eval-every", "125", "--eval-num", "64"]
-        if not os.path.isfile(os.path.join(out, "ckpt.pt")):
-            print(f"training a small {source} model on the spot in {out}")
-            train.main(["--task", "dfs", "--router", source, "--out", out, *steps])
-        source = os.path.join(out, "ckpt.pt")
-    ckpt = train.load_checkpoint(source)
-    if ckpt["model_config"]["router"] == "none":
-        train.fail(f"{source}: router none has no halting to measure")
-    model = ANIRA(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return source, ckpt["config"]["task"], model.eval()
-
-
-def twin(model, **changes):
-    """The same weights under another config: a halting threshold, or router
-    none at a smaller max_depth (the first depth embeddings, no router)."""
-    cfg = dataclasses.replace(model.cfg, **changes)
-    other = ANIRA(cfg)
-    state = {k: v for k, v in model.state_dict().items() if k in other.state_dict()}
-    state["depth_embed"] = state["depth_embed"][:cfg.max_depth]
-    other.load_state_dict(state)
-    return other.eval()
-
-
-def equal_length_prompts(task, n, num):
-    """`num` prompts of size n and of one length (generate() takes a batch of
-    equal lengths): the most common length among fresh examples."""
-    rng = random.Random(30_000)
-    pool = [tasks.make_example(task, rng, n) for _ in range(max(1000, 50 * num))]
-    length = statistics.mode(len(ex.prompt) for ex in pool)
-    chosen = [ex for ex in pool if len(ex.prompt) == length][:num]
-    ids = torch.tensor([tasks.encode(ex.prompt) for ex in chosen])
-    return argparse.Namespace(ids=ids, target=[ex.target for ex in chosen])
-
-
-def timed(f, *args):
-    start = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - start
-
-
-def generate_all(model, prompts, batch_size, n_new):
-    """Greedy generation of n_new tokens for every prompt, batch_size at a time."""
-    out = [model.generate(prompts[i:i + batch_size], n_new) for i in range(0, len(prompts), batch_size)]
-    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
-
-
-def check(run):
-    path = os.path.join(run, "log.jsonl")
-    if not os.path.isfile(path):
-        print(f"error: no log.jsonl in {run}", file=sys.stderr)
-        sys.exit(2)
-    with open(path) as f:
-        log = [json.loads(line) for line in f if line.strip()]
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
-    last = log[-1]
-    bars = [("exact-match >= 0.90", last["exact_match"] >= 0.90, last["exact_match"]),
-            ("within 15 minutes", last["minutes"] <= 15, last["minutes"])]
-    if config["router"] != "none":
-        bars += [("mean depth <= 0.75 * max_depth", last["mean_depth"] <= 0.75 * config["max_depth"],
-                  last["mean_depth"]),
-                 ("at least 3 distinct depths", last["distinct_depths"] >= 3, last["distinct_depths"]),
-                 ("depth std >= 0.5", last["std_depth"] >= 0.5, last["std_depth"])]
-    for name, ok, value in bars:
-        print(f"{'PASS' if ok else 'FAIL'}  {name:<32} measured {value}")
-    return all(ok for _, ok, _ in bars)
 
 
 if __name__ == "__main__":

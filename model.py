@@ -177,8 +177,8 @@ class ANIRA(nn.Module):
             block = self.core[0 if cfg.share else k]
             layer = cache and cache.layer(cfg.n_prelude + k)
             if skip is not None and skip.rows is not None:  # only the running tokens compute
-                state = block(self.iteration_input(skip.take(visible), skip.take(h0), k), pos, layer,
-                              skip.kv, skip.rows)
+                x = self.iteration_input(skip.take(visible), skip.take(h0) if cfg.reinject else None, k)
+                state = block(x, pos, layer, skip.kv, skip.rows)
                 skip.put(visible, state)
             else:  # every token computes; in training the others see a halted one frozen
                 x = self.iteration_input(state, h0, k)
@@ -271,56 +271,32 @@ class ANIRA(nn.Module):
 
     def loss(self, out, targets, ponder=0.002, prompt_targets=None, exit_targets=None):
         """The training loss of a counterfactual forward's Output, and its terms
-        as floats for logging: the deep-supervised LM loss plus the router's
-        loss (see the module docstring). targets (B, T): next-token ids, -1
-        where there is no loss.
+        as floats for logging (see the module docstring for why it is built so):
 
-        none:     cross-entropy at max_depth, as any fixed-depth Transformer.
-        adaptive: sum_d w_d CE_d with w_d proportional to d (the late exits
-                  matter most, as in early-exit training), plus
-                  L_halt = -log p(d*),  d* = argmin_d CE_d + ponder * (d - 1).
-        hints:    with exit_targets, the exit at depth d is trained on its own
-                  target (lang: the d-th hop of the chase) in mean_d CE_d
-                  (equal weights), for router none too; d* still weighs
-                  each depth's cross-entropy against the answer, so a token
-                  halts where its chase has reached the value.
-        prompt:   with prompt_targets, plus the mean cross-entropy of the
-                  prompt's next tokens at max_depth (prompt tokens never halt).
-                  Predicting the sorted adjacency lists teaches which nodes are
-                  neighbours and the order of labels, what DFS looks up.
+            L = L_lm + L_halt (adaptive routers) + L_prompt (with prompt_targets)
+
+        targets (B, T): next-token ids, -1 where there is no loss.
+        L_lm      every exit trained, `language_model_loss`; with exit_targets
+                  (B, T, max_depth, hint supervision) exit d on its own target,
+                  the d-th hop of a chase, for router none too.
+        L_halt    -log p(d*), `halting_loss`.
+        L_prompt  the mean cross-entropy of the prompt's next tokens at
+                  max_depth (prompt tokens never halt): predicting the sorted
+                  adjacency lists teaches which nodes are neighbours and the
+                  order of labels, what DFS looks up.
         """
-        mask = targets != -1
-        y = targets[mask]
-        prompt, parts = 0.0, {}
+        lm = language_model_loss(out, targets, exit_targets, weigh_by_depth=self.cfg.router != "none")
+        loss, parts = lm, {"lm": lm.item()}
+        if self.cfg.router != "none":
+            halt, target_depth = halting_loss(out, targets, ponder)
+            loss = loss + halt
+            parts.update(halt=halt.item(), target_depth=target_depth.float().mean().item() + 1)
         if prompt_targets is not None:
             in_prompt = prompt_targets != -1
             prompt = F.cross_entropy(out.logits[in_prompt], prompt_targets[in_prompt])
+            loss = loss + prompt
             parts["prompt"] = prompt.item()
-        if self.cfg.router == "none" and exit_targets is None:
-            lm = F.cross_entropy(out.logits[mask], y)
-            return lm + prompt, {"lm": lm.item(), **parts}
-        D = len(out.exit_logits)
-        trained = y[:, None].expand(-1, D) if exit_targets is None else exit_targets[mask]
-        ce = torch.stack([F.cross_entropy(lg[mask], trained[:, d], reduction="none")
-                          for d, lg in enumerate(out.exit_logits)], -1)
-        # without hints every exit predicts the answer and the late exits matter
-        # most; with hints each exit has its own step of the trace and every
-        # step counts the same, as in CLRS (README, lang with hints: fixed depth
-        # 4 learned the chase in 1 of 4 runs weighted ~ d, in 2 of 3 seeds equal)
-        w = torch.ones(D, device=ce.device, dtype=ce.dtype) if exit_targets is not None \
-            else torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
-        lm = (ce.mean(0) * w).sum() / w.sum()
-        parts["lm"] = lm.item()
-        if self.cfg.router == "none":
-            return lm + prompt, parts
-        if exit_targets is not None:  # d* weighs the cross-entropy of the answer
-            with torch.no_grad():
-                ce = torch.stack([F.cross_entropy(lg[mask], y, reduction="none") for lg in out.exit_logits], -1)
-        cost = ce.detach() + ponder * torch.arange(D, device=ce.device, dtype=ce.dtype)
-        target_depth = cost.argmin(-1)  # 0-based: d* - 1
-        halt = F.nll_loss(out.log_p_depth[mask], target_depth)
-        parts.update(halt=halt.item(), target_depth=target_depth.float().mean().item() + 1)
-        return lm + halt + prompt, parts
+        return loss, parts
 
     @torch.inference_mode()  # no_grad, minus autograd's bookkeeping: 4-9% faster measured
     def generate(self, prompt, max_new_tokens, end_id=None):
@@ -355,6 +331,49 @@ class ANIRA(nn.Module):
                     break
                 out = self(nxt[:, None], cache=cache)
         return torch.stack(tokens, 1), torch.stack(depths, 1)
+
+
+def language_model_loss(out, targets, exit_targets=None, weigh_by_depth=True):
+    """Deep supervision: sum_d w_d CE_d / sum_d w_d over the exits d = 1..D,
+    w_d = d (the late exits matter most, as in early-exit training). With
+    hints, exit d is trained on its own step of the trace, every step
+    weighing the same, as CLRS trains its hints: fixed depth 4 learned the
+    chase in 1 of 4 runs weighted by d, in 2 of 3 seeds with equal weights
+    (RESULTS.md, "Reliability across seeds"). Router none without hints: the
+    cross-entropy at max_depth, as any fixed-depth Transformer."""
+    mask = targets != -1
+    if exit_targets is None and not weigh_by_depth:
+        return F.cross_entropy(out.logits[mask], targets[mask])
+    D = len(out.exit_logits)
+    ce = exit_cross_entropy(out.exit_logits, targets if exit_targets is None else exit_targets, mask)
+    w = torch.arange(1, D + 1, device=ce.device, dtype=ce.dtype)
+    if exit_targets is not None:
+        w = torch.ones_like(w)
+    return (ce.mean(0) * w).sum() / w.sum()
+
+
+def halting_loss(out, targets, ponder):
+    """The router's loss, L_halt = -log p(d*), towards each token's target depth
+
+        d* = argmin_d  CE_d + ponder * (d - 1),
+
+    CE_d the (detached) cross-entropy of the answer at exit d, whatever the
+    exits are trained on: a token halts where its prediction stops improving
+    by more than the cost of an iteration. Returns L_halt and d* - 1."""
+    mask = targets != -1
+    with torch.no_grad():
+        ce = exit_cross_entropy(out.exit_logits, targets, mask)
+    target_depth = (ce + ponder * torch.arange(ce.shape[-1], device=ce.device, dtype=ce.dtype)).argmin(-1)
+    return F.nll_loss(out.log_p_depth[mask], target_depth), target_depth
+
+
+def exit_cross_entropy(exit_logits, targets, mask):
+    """(N, D): the cross-entropy of each exit at the N positions of `mask`,
+    against targets (B, T), the same at every exit, or (B, T, D), one per exit."""
+    if targets.dim() == 2:
+        targets = targets[..., None].expand(-1, -1, len(exit_logits))
+    return torch.stack([F.cross_entropy(lg[mask], targets[mask][:, d], reduction="none")
+                        for d, lg in enumerate(exit_logits)], -1)
 
 
 class Halting:

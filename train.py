@@ -11,6 +11,7 @@ config, step, RNG state), log.jsonl (one JSON object per evaluation),
 config.json. Ctrl-C saves a checkpoint; --resume continues the same run.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,8 +32,8 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 # CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False,
-    d_model=128, n_heads=4, n_prelude=1, max_depth=4, no_share=False, early_input="prelude", reinject=False, token_shift=2,
-    no_depth_embed=False,
+    d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
+    token_shift=2, depth_embed=True,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -46,11 +47,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     out_dir = args.out or os.path.join("out", f"{args.task}-{args.router}")
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    cfg = ModelConfig(vocab_size=len(tasks.VOCAB), d_model=args.d_model, n_heads=args.n_heads,
-                      n_prelude=args.n_prelude, max_depth=args.max_depth, router=args.router,
-                      share=not args.no_share, reinject=args.reinject,
-                      token_shift=args.token_shift, early_input=args.early_input,
-                      depth_embed=not args.no_depth_embed)
+    cfg = model_config(args)
     model = ANIRA(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.95))
@@ -98,33 +95,28 @@ def main(argv=None):
         interrupted.append(True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    def evaluate_and_log(**more):
+        """Held-out metrics at this step: printed, and a row of log.jsonl."""
+        stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
+        check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
+        stats.update(step=step, minutes=round(elapsed / 60, 2), **more, **mean_parts(train_parts))
+        report(stats, args, elapsed)
+        log.write(json.dumps(stats) + "\n")
+        log.flush()
+        logged.add(step)
+
     previous_handler = signal.signal(signal.SIGINT, request_stop)
     try:
         while step < args.max_iters and not out_of_time(elapsed, args) and not interrupted:
             if step % args.eval_every == 0 and step not in logged:
-                stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
-                check_finite(stats["loss"], step, ckpt_path)  # never save broken weights
                 speed = round(tokens_seen / max(1e-9, time.time() - t_mark)) if step else None
-                stats.update(step=step, minutes=round(elapsed / 60, 2), tokens_per_s=speed,
-                             **mean_parts(train_parts))
-                report(stats, args, elapsed)
-                log.write(json.dumps(stats) + "\n")
-                log.flush()
-                logged.add(step)
+                evaluate_and_log(tokens_per_s=speed)
                 save()
                 t_mark, tokens_seen, train_parts = time.time(), 0, {}
             lr = learning_rate(step, elapsed, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
-                                          **task_params(vars(args)))
-            idx, targets = tasks.make_batch(batch)[:2]
-            prompt = exits = None
-            if args.prompt_loss:
-                prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)).to(device)
-            if args.hints:
-                exits = torch.from_numpy(tasks.exit_targets(batch, targets, args.max_depth)).to(device)
-            idx, targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
+            idx, targets, prompt, exits = training_batch(step, rng, args, device)
             with autocast(device):
                 out = model(idx, adaptive=targets != -1, route=step >= args.halt_warmup, counterfactual=True)
                 loss, parts = model.loss(out, targets, args.ponder, prompt, exits)
@@ -140,12 +132,8 @@ def main(argv=None):
             elapsed = time.time() - t0
         if interrupted:
             print(f"\ninterrupted at step {step}: saving {ckpt_path}")
-        elif step not in logged:  # e.g. resumed with --max-iters at or below the checkpoint's step
-            stats = evaluate_held_out(model, held_out, args, device, route=step >= args.halt_warmup)
-            check_finite(stats["loss"], step, ckpt_path)
-            stats.update(step=step, minutes=round(elapsed / 60, 2), **mean_parts(train_parts))
-            report(stats, args, elapsed)
-            log.write(json.dumps(stats) + "\n")
+        elif step not in logged:  # the last step, e.g. resumed with --max-iters at or below the checkpoint's
+            evaluate_and_log()
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     save()
@@ -154,6 +142,24 @@ def main(argv=None):
 
 
 # -----------------------------------------------------------------------------
+
+def model_config(args):
+    """ModelConfig from the flags of the same names."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)} & vars(args).keys()
+    return ModelConfig(vocab_size=len(tasks.VOCAB), **{name: getattr(args, name) for name in names})
+
+
+def training_batch(step, rng, args, device):
+    """This step's fresh examples as tensors: ids, next-token targets (-1: no
+    loss), and, when the run asks for them, the prompt's targets
+    (--prompt-loss) and each exit's target (--hints); else None."""
+    batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
+                                  **task_params(vars(args)))
+    idx, targets = tasks.make_batch(batch)[:2]
+    prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
+    exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
+    return [None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)]
+
 
 @torch.no_grad()
 def evaluate_held_out(model, examples, args, device, route=True):
@@ -313,6 +319,7 @@ def pick_device(name):
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
 MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True)
+RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints")  # beside the model's config
 
 
 def load_checkpoint(path, args=None):
@@ -337,12 +344,12 @@ def load_checkpoint(path, args=None):
     ckpt["model_config"] = {**MODEL_FIELDS_ADDED, **ckpt["model_config"]}
     if ckpt["model_config"].keys() != vars(ModelConfig()).keys():  # e.g. from before token_shift
         fail(f"{path} was written by another version of model.py; train it again")
-    if args is not None:
-        for key in ("task", "router", "d_model", "n_heads", "n_prelude", "max_depth", "no_share",
-                    "early_input", "reinject", "token_shift", "no_depth_embed", "prompt_loss", "chain_order", "hints"):
-            if ckpt["config"].get(key, DEFAULTS.get(key)) != getattr(args, key):
-                fail(f"cannot resume: {path} has {key}={ckpt['config'].get(key, DEFAULTS.get(key))!r}, "
-                     f"this run asks for {getattr(args, key)!r}")
+    if args is not None:  # resuming: the same model and the same task
+        asked = {**vars(model_config(args)), **{key: getattr(args, key) for key in RESUME_KEYS}}
+        has = {**ckpt["model_config"], **{key: ckpt["config"].get(key, DEFAULTS.get(key)) for key in RESUME_KEYS}}
+        for key, value in asked.items():
+            if has[key] != value:
+                fail(f"cannot resume: {path} has {key}={has[key]!r}, this run asks for {value!r}")
     return ckpt
 
 
@@ -387,15 +394,16 @@ def parse_args(argv):
     p.add_argument("--n-heads", type=int, default=d["n_heads"])
     p.add_argument("--n-prelude", type=int, default=d["n_prelude"], help="blocks before the recurrence")
     p.add_argument("--max-depth", type=int, default=d["max_depth"], help="most iterations of the shared block")
-    p.add_argument("--no-share", action="store_true",
-                   help="standard Transformer: max_depth unshared blocks (router none)")
+    p.add_argument("--share", action=argparse.BooleanOptionalAction, default=d["share"],
+                   help="--no-share: a standard Transformer of max_depth unshared blocks (router none)")
     p.add_argument("--early-input", default=d["early_input"],
                    help="what the early router reads: prelude (h0), embeddings (no attention) or prompt "
                         "(the prompt and the step into the answer, never the answer so far)")
-    p.add_argument("--reinject", action="store_true", help="add the prelude output h0 before every iteration")
-    p.add_argument("--no-depth-embed", action="store_true",
-                   help="no learned embedding of the iteration count: the shared block's step "
-                        "does not depend on k")
+    p.add_argument("--reinject", action="store_true", default=d["reinject"],
+                   help="add the prelude output h0 before every iteration")
+    p.add_argument("--depth-embed", action=argparse.BooleanOptionalAction, default=d["depth_embed"],
+                   help="--no-depth-embed: no learned embedding of the iteration k, so the "
+                        "shared block's step does not depend on k")
     p.add_argument("--token-shift", type=int, default=d["token_shift"],
                    help="each input also sees this many previous tokens (0: off)")
     p.add_argument("--ponder", type=float, default=d["ponder"],
@@ -429,7 +437,7 @@ def parse_args(argv):
         fail(f"unknown task {args.task!r}; choose one of {', '.join(tasks.TASKS)}")
     if args.router not in ROUTERS:
         fail(f"unknown router {args.router!r}; choose one of {', '.join(ROUTERS)}")
-    if args.no_share and args.router != "none":
+    if not args.share and args.router != "none":
         fail("--no-share has no recurrence to halt: use it with --router none")
     for name in ("d_model", "n_heads", "max_depth", "batch_size", "max_iters", "eval_every", "eval_num"):
         if getattr(args, name) < 1:
