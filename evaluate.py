@@ -4,6 +4,8 @@ record the depth every target token really ran.
 
     python evaluate.py --ckpt out/dfs-online/ckpt.pt --sizes 4-16 --num 200
     python evaluate.py --ckpt out/dfs-online/ckpt.pt --show 3   # see where it thinks harder
+    python evaluate.py --ckpt out/lang-online/ckpt.pt --max-depth 8 --hops 8 --sizes 10
+                                        # thinking longer: chains longer than any trained on
 
 For every size: teacher-forced token accuracy, greedy exact-match (the whole
 target right; on lang, but for the queried variables, which are random by
@@ -13,13 +15,19 @@ Writes, beside the checkpoint unless --out says otherwise:
                 pred,correct,depth_needed,depth,<task features>
   summary.json  the per-size table, and the same pooled over the training
                 sizes ("in_distribution") and over the others ("ood")
-depth_needed (adaptive routers): the smallest depth from which the token's
+depth_needed: the smallest depth from which the token's
 prediction stays right at every deeper exit, had it kept iterating. These
 exits come from training's counterfactual continuation: past its halting
 depth the token's own state keeps iterating while every token, itself
 included, attends to its frozen state. Blank when the exit at max_depth is
-wrong, and for router none. Set against `depth`, it says whether the router
-stopped too early or ran past what was needed (analyze.py).
+wrong. Set against `depth`, it says whether the router stopped too early or
+ran past what was needed (analyze.py).
+
+Test-time depth: --max-depth runs more (or fewer) iterations than trained;
+--depth max or hops replaces the router by an oracle (every token to
+max_depth; each reference to its number of hops), to tell a failing step
+from a failing halting decision. summary.json then also has, on lang,
+reference accuracy and mean depth by hops ("by_hops").
 Examples come from a seed distinct from training and from train.py's held-out set.
 """
 import argparse
@@ -43,11 +51,14 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
-    model = ANIRA(ModelConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model = load_model(ckpt, args.max_depth, args.depth).to(device)
     config = ckpt["config"]
     task, router, train_sizes = config["task"], config["router"], tuple(config["size_range"])
+    if args.depth == "hops" and task != "lang":
+        fail("--depth hops: only lang's references have a number of hops")
+    params = {**task_params(config), **({"hops": args.hops} if args.hops else {})}
+    if args.hops and task != "lang":
+        fail("--hops is a parameter of the lang task")
     default_hi = min(2 * train_sizes[1], tasks.max_size(task))
     sizes = parse_size_range(args.sizes or f"{train_sizes[0]}-{default_hi}", task)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt))
@@ -57,29 +68,33 @@ def main(argv=None):
         fail(f"--out {out_dir}: cannot make a folder there ({e.strerror})")
     if not os.access(out_dir, os.W_OK):
         fail(f"--out {out_dir}: the folder is not writable")
-    print(f"{task} / router {router}, trained on sizes {train_sizes[0]}-{train_sizes[1]}, "
-          f"step {ckpt['step']}; {args.num} examples per size")
+    print(f"{task} / router {router}, trained on sizes {train_sizes[0]}-{train_sizes[1]} with max_depth "
+          f"{ckpt['model_config']['max_depth']}, step {ckpt['step']}; {args.num} examples per size; "
+          f"max_depth {model.cfg.max_depth}, depth: {DEPTHS[args.depth]}")
 
     if args.show:
-        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device, task_params(config))
+        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device, params)
 
     header = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth_needed", "depth"]
     features = tasks.FEATURES[task]
     summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
-               "ckpt": args.ckpt, "step": ckpt["step"], "sizes": []}
+               "ckpt": args.ckpt, "step": ckpt["step"], "max_depth": model.cfg.max_depth,
+               "trained_max_depth": ckpt["model_config"]["max_depth"], "depth": args.depth,
+               "task_params": params, "sizes": []}
     references = "kind" in features  # lang: also the accuracy of resolved values
     print(f"\n{'n':>4} {'':4} {'token acc':>9} {'exact':>7} {'mean depth':>10}"
           + (f" {'reference acc':>13}" if references else ""))
     sample = 0
     pooled = {False: [], True: []}  # in distribution / OOD: per example, its rows and exact-match
+    by_hops = {}  # lang: hops -> (correct, depth) of every reference
     with open(os.path.join(out_dir, "tokens.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header + features)
         for n in range(sizes[0], sizes[1] + 1):
             rng = random.Random(args.seed * 1000 + n)
-            examples = [tasks.make_example(task, rng, n, **task_params(config)) for _ in range(args.num)]
+            examples = [tasks.make_example(task, rng, n, **params) for _ in range(args.num)]
             correct, depth, exact, reference = [], [], [], []
-            for rows in token_rows(model, examples, args.batch_size, device):
+            for rows in token_rows(model, examples, args.batch_size, device, args.depth):
                 for pos, (target, pred, ok, needed, d, feats) in enumerate(rows):
                     writer.writerow([task, router, sample, n, pos, target, pred, int(ok), needed, d]
                                     + [feats[k] for k in features])
@@ -87,6 +102,7 @@ def main(argv=None):
                     depth.append(d)
                     if references and feats["kind"] == tasks.REFERENCE:
                         reference.append(ok)
+                        by_hops.setdefault(feats["hops"], []).append((ok, d))
                 exact.append(all(r[2] for r in rows if not tasks.by_chance(r[5])))
                 sample += 1
             ood = not train_sizes[0] <= n <= train_sizes[1]
@@ -100,6 +116,12 @@ def main(argv=None):
         if pooled[ood]:
             summary[name] = pool(pooled[ood], references)
             print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in summary[name].items()))
+    if by_hops:  # every size: are references of h hops right, and how deep do they run?
+        summary["by_hops"] = [{"hops": h, "reference_acc": round(float(np.mean([ok for ok, _ in v])), 4),
+                               "mean_depth": round(float(np.mean([d for _, d in v])), 3), "num": len(v)}
+                              for h, v in sorted(by_hops.items())]
+        print("by hops: " + ", ".join(f"{r['hops']}: {r['reference_acc']:.3f} @ {r['mean_depth']:.2f}"
+                                      for r in summary["by_hops"]))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nwrote {os.path.join(out_dir, 'tokens.csv')} and summary.json")
@@ -117,27 +139,70 @@ def pool(sizes, references):
 
 
 @torch.no_grad()
-def token_rows(model, examples, batch_size, device):
+def token_rows(model, examples, batch_size, device, depth="router"):
     """Yield, per example, a list of (target, pred, correct, depth_needed,
     depth, features) for its target tokens. Teacher-forced: since every
     prediction is the argmax of the same forward that greedy decoding runs, an
     example is an exact match under greedy decoding iff all its rows are
-    correct. An adaptive model runs the counterfactual forward, which also
-    continues every token to max_depth and returns an exit per depth; the
-    tokens' own depths and predictions are those of plain inference."""
-    adaptive_router = model.cfg.router != "none"
+    correct. It runs the counterfactual forward, which also continues every
+    token to max_depth and returns an exit per depth (for depth_needed); the
+    tokens' own depths and predictions are those of plain inference. `depth`:
+    see DEPTHS."""
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        idx, targets, _ = tasks.make_batch(chunk)
+        idx, targets, feats = tasks.make_batch(chunk)
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
-        out = model(idx_t, adaptive=targets_t != -1, counterfactual=adaptive_router)
-        pred, depth = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
-        needed = depth_needed(out.exit_logits, targets_t).cpu().numpy() if adaptive_router else None
+        forced = None
+        if depth == "hops":  # the oracle: a k-hop reference runs k iterations, other answer tokens 1
+            hops = torch.from_numpy(feats["hops"]).to(device).clamp(1, model.cfg.max_depth)
+            forced = torch.where(targets_t != -1, hops, model.cfg.max_depth)
+        out = model(idx_t, adaptive=targets_t != -1, route=depth == "router", counterfactual=True,
+                    forced_depth=forced)
+        pred, depth_run = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
+        needed = depth_needed(out.exit_logits, targets_t).cpu().numpy()
         for b, ex in enumerate(chunk):
             where = np.flatnonzero(targets[b] != -1)
             yield [(ex.target[j], tasks.VOCAB[pred[b, p]], ex.target[j] == tasks.VOCAB[pred[b, p]],
-                    blank_if_zero(needed[b, p]) if needed is not None else "", int(depth[b, p]),
+                    blank_if_zero(needed[b, p]), int(depth_run[b, p]),
                     ex.features[j]) for j, p in enumerate(where)]
+
+
+DEPTHS = {  # --depth: who decides each answer token's number of iterations
+    "router": "the router decides (router none: max_depth)",
+    "max": "every token runs max_depth (the oracle of thinking as long as allowed)",
+    "hops": "each reference runs exactly its number of hops, other answer tokens 1 (lang's oracle)",
+}
+
+
+def load_model(ckpt, max_depth=None, depth="router"):
+    """The checkpoint's model in evaluation mode, run with `max_depth`
+    iterations at most (default: as trained). A shared block can iterate more
+    than it was trained to: the embeddings of the iterations past the trained
+    ones are copies of the last one (none with depth_embed off). ANIRA-O's
+    halting unit reads the state, so it can halt at any depth; ANIRA-E's MLP
+    gives a distribution over the depths it was trained with and cannot choose
+    another. Under an oracle depth (--depth max or hops) the router is not
+    used, and the model runs as router none."""
+    cfg = ModelConfig(**ckpt["model_config"])
+    state = dict(ckpt["model"])
+    trained = cfg.max_depth
+    if depth != "router":
+        cfg.router = "none"
+        state = {k: v for k, v in state.items() if not k.startswith("router.")}
+    if max_depth and max_depth != trained:
+        if not cfg.share:
+            fail(f"--max-depth {max_depth}: an unshared stack has one block per depth ({trained}); "
+                 f"it cannot run another number")
+        if cfg.router == "early":
+            fail(f"--max-depth {max_depth}: ANIRA-E chooses among the depths 1..{trained} it was trained "
+                 f"with and cannot choose another; --depth max runs every token to {max_depth}")
+        last = state["depth_embed"][-1:]
+        state["depth_embed"] = torch.cat([state["depth_embed"], last.expand(max(0, max_depth - trained), -1)])
+        state["depth_embed"] = state["depth_embed"][:max_depth]
+        cfg.max_depth = max_depth
+    model = ANIRA(cfg)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def depth_needed(exit_logits, targets):
@@ -179,6 +244,13 @@ def parse_args(argv):
                    help="size range, e.g. 4-16 (default: training minimum to twice its maximum, "
                         "as far as the vocabulary can label)")
     p.add_argument("--num", type=int, default=200, help="examples per size")
+    p.add_argument("--max-depth", type=int, default=None,
+                   help="iterations at most, default as trained; more tests thinking longer "
+                        "(router none and online; early only with --depth max)")
+    p.add_argument("--depth", choices=list(DEPTHS), default="router",
+                   help="; ".join(f"{k}: {v}" for k, v in DEPTHS.items()))
+    p.add_argument("--hops", type=int, default=None,
+                   help="lang: the longest chain of the test examples (default: the task's, 4)")
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--show", type=int, default=0, help="print K generated examples with depths")
@@ -189,6 +261,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.num < 1 or args.batch_size < 1 or args.show < 0:
         fail("--num and --batch-size must be at least 1, --show at least 0")
+    if (args.max_depth is not None and args.max_depth < 1) or (args.hops is not None and args.hops < 1):
+        fail("--max-depth and --hops must be at least 1")
     if args.out and args.out.endswith((".csv", ".json")):  # would make a folder named x.csv
         fail(f"--out {args.out}: --out is a folder (tokens.csv and summary.json go in it), not a file")
     return args

@@ -125,7 +125,7 @@ class ANIRA(nn.Module):
         # (early: zero logits are uniform over depths, whose hazards 1/(D-k+1)
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
-    def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None):
+    def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None, forced_depth=None):
         """Run the model on token ids idx (B, T); returns an Output.
 
         adaptive  (B, T) bool: the tokens whose depth the router decides (the
@@ -139,6 +139,9 @@ class ANIRA(nn.Module):
                   iteration's exit and the halting distribution, for `loss`.
                   False (inference) computes only the tokens still running.
         cache     a KVCache: the T tokens follow the ones it holds (generate()).
+        forced_depth  (B, T) ints in 1..max_depth: an oracle that runs each
+                  token exactly that many iterations, whatever the router says
+                  (evaluate.py --depth hops); any router, none included.
         """
         if adaptive is None:
             adaptive = torch.ones_like(idx, dtype=torch.bool)
@@ -147,7 +150,7 @@ class ANIRA(nn.Module):
         h0 = embedded
         for i, block in enumerate(self.prelude):
             h0 = block(h0, pos, cache and cache.layer(i))
-        halting = Halting(self, embedded, h0, adaptive, route, cache)
+        halting = Halting(self, embedded, h0, adaptive, route, cache, forced_depth)
         visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual)
         return Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exits or None,
                       log_p_depth=halting.log_p_depth() if counterfactual else None)
@@ -385,10 +388,12 @@ class Halting:
               before the first iteration; h_k = p(k) / sum_{j>=k} p(j)
       online  ANIRA-O: h_k = sigmoid(MLP(s_k)), from the state after iteration k
     Both routers read detached representations, so halting never shapes them.
-    It keeps the halting distribution log p(d) that `loss` trains."""
+    It keeps the halting distribution log p(d) that `loss` trains. With
+    forced_depth (an oracle, for evaluation) token i stops after exactly
+    forced_depth[i] iterations instead."""
 
-    def __init__(self, model, embedded, h0, adaptive, route=True, cache=None):
-        self.model, self.cfg = model, model.cfg
+    def __init__(self, model, embedded, h0, adaptive, route=True, cache=None, forced_depth=None):
+        self.model, self.cfg, self.forced = model, model.cfg, forced_depth
         self.decides = adaptive & (route and self.cfg.router != "none")
         self.halt_logits = []  # online: a_k, with h_k = sigmoid(a_k)
         if self.cfg.router == "early":  # all hazards fixed before the recurrence
@@ -398,11 +403,13 @@ class Halting:
 
     def can_stop(self, k):
         """Whether a token may stop after iteration k (the last stops every token)."""
-        return self.cfg.router != "none" and k < self.cfg.max_depth - 1
+        return (self.cfg.router != "none" or self.forced is not None) and k < self.cfg.max_depth - 1
 
     def stops_after(self, k, state, rows=None):
         """(B, T) bool: the tokens whose hazard says stop after iteration k.
         state: (B, T, C), or (N, C) for the running tokens at the flat `rows`."""
+        if self.forced is not None:
+            return self.forced == k + 1
         if self.cfg.router == "early":
             return self.decides & self.early_stops[..., k]
         self.halt_logits.append(self.model.router(state.detach()).squeeze(-1))
@@ -412,7 +419,9 @@ class Halting:
         return self.decides & stop
 
     def log_p_depth(self):
-        """(B, T, max_depth) log p(d); None for router none."""
+        """(B, T, max_depth) log p(d); None for router none and the oracle."""
+        if self.forced is not None:
+            return None
         if self.cfg.router == "early":
             return self.log_p
         if self.cfg.router == "online":  # h_max_depth = 1 (its logit is never read)

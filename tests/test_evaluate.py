@@ -262,3 +262,95 @@ def test_same_rows_with_other_batching(evaluated, tmp_path, capsys):
     a = json.loads((tmp_path / "summary.json").read_text())["sizes"]
     b = json.loads((out_dir / "summary.json").read_text())["sizes"]
     assert a == b
+
+
+# -----------------------------------------------------------------------------
+# test-time depth (--max-depth, --depth): thinking longer than trained
+
+def perturbed_checkpoint(router, D=3, seed=0, **more):
+    """A checkpoint dict of a tiny model with random weights of a large
+    spread (so that the online router halts at varied depths), in float64."""
+    torch.manual_seed(seed)
+    m = ANIRA(ModelConfig(vocab_size=len(tasks.VOCAB), d_model=32, n_heads=2, max_depth=D, router=router, **more))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.4)
+    return {"model_config": dict(vars(m.cfg)), "model": m.double().state_dict()}
+
+
+def test_a_deeper_model_runs_the_trained_iterations_first():
+    """At a test max_depth above the trained one, the first iterations are the
+    trained ones and the extra ones reuse the last depth embedding: forced to
+    the trained depth, the deeper model gives the trained model's logits."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        ckpt = perturbed_checkpoint("online", D=3)
+        trained, deeper = evaluate.load_model(ckpt), evaluate.load_model(ckpt, max_depth=6)
+        assert deeper.cfg.max_depth == 6 and torch.equal(deeper.depth_embed[3:], trained.depth_embed[2:].expand(3, -1))
+        idx = torch.randint(0, len(tasks.VOCAB), (2, 14))
+        with torch.no_grad():
+            three = deeper(idx, forced_depth=torch.full_like(idx, 3))
+            assert torch.allclose(three.logits, trained(idx, route=False).logits, atol=1e-9)
+            six = deeper(idx, route=False)
+            assert (six.depth == 6).all() and not torch.allclose(six.logits, three.logits, atol=1e-3)
+            routed = deeper(idx)
+            assert int(routed.depth.max()) <= 6
+            # causal at the extra depths too
+            other = idx.clone()
+            other[:, 9] = (idx[:, 9] + 1) % len(tasks.VOCAB)
+            changed = deeper(other, route=False)
+            assert torch.allclose(changed.logits[:, :9], six.logits[:, :9], atol=1e-9)
+            # cached generation agrees with the uncached forward at the new depth
+            prompt = idx[:, :8]
+            tokens, depths = deeper.generate(prompt, 6)
+            adaptive = torch.zeros(2, 13, dtype=torch.bool)
+            adaptive[:, 7:] = True
+            full = deeper(torch.cat([prompt, tokens[:, :-1]], 1), adaptive=adaptive)
+            assert torch.equal(full.logits[:, 7:].argmax(-1), tokens) and torch.equal(full.depth[:, 7:], depths)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_the_hops_oracle_runs_each_reference_its_hops(tmp_path, capsys):
+    ckpt = perturbed_checkpoint("online", D=4)
+    torch.save({**ckpt, "model": {k: v.float() for k, v in ckpt["model"].items()},
+                "config": {"task": "lang", "router": "online", "size_range": [4, 5], "chain_order": "reverse"},
+                "step": 0, "optimizer": {}}, tmp_path / "ckpt.pt")
+    evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "6", "--num", "8", "--hops", "6",
+                   "--max-depth", "6", "--depth", "hops", "--out", str(tmp_path)])
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "tokens.csv")))
+    assert max(int(r["hops"]) for r in rows) > 4  # chains longer than the default
+    for r in rows:
+        assert int(r["depth"]) == max(1, int(r["hops"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["max_depth"] == 6 and summary["trained_max_depth"] == 4 and summary["depth"] == "hops"
+    refs = [r for r in rows if int(r["kind"]) == tasks.REFERENCE]
+    for h in summary["by_hops"]:
+        of_h = [r for r in refs if int(r["hops"]) == h["hops"]]
+        assert h["num"] == len(of_h) and h["mean_depth"] == max(1, h["hops"])
+        assert h["reference_acc"] == pytest.approx(np.mean([int(r["correct"]) for r in of_h]), abs=1e-4)
+
+
+def test_test_time_depth_errors(tmp_path, capsys):
+    for router, more, args in (("early", {}, ["--max-depth", "5"]),  # ANIRA-E cannot choose depth 5
+                               ("none", {"share": False}, ["--max-depth", "5"]),  # no block for depth 5
+                               ("online", {}, ["--depth", "hops"]),  # dfs has no hops
+                               ("online", {}, ["--hops", "6"])):
+        ckpt = perturbed_checkpoint(router, **more)
+        torch.save({**ckpt, "model": {k: v.float() for k, v in ckpt["model"].items()},
+                    "config": {"task": "dfs", "router": router, "size_range": [4, 5]}, "step": 0,
+                    "optimizer": {}}, tmp_path / "ckpt.pt")
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "4", "--num", "1",
+                           "--out", str(tmp_path), *args])
+        assert_one_error_line(e.value.code, capsys.readouterr().err)
+    # the early router runs to a depth it never chose when an oracle decides
+    evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "4", "--num", "2", "--out", str(tmp_path)])
+    ckpt = perturbed_checkpoint("early")
+    torch.save({**ckpt, "model": {k: v.float() for k, v in ckpt["model"].items()},
+                "config": {"task": "dfs", "router": "early", "size_range": [4, 5]}, "step": 0,
+                "optimizer": {}}, tmp_path / "ckpt.pt")
+    evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "4", "--num", "2", "--max-depth", "5",
+                   "--depth", "max", "--out", str(tmp_path)])
+    assert {int(r["depth"]) for r in csv.DictReader(open(tmp_path / "tokens.csv"))} == {5}

@@ -34,14 +34,15 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(before)
-CONFIGS = [  # (router, share, reinject)
-    ("none", True, False),
-    ("early", True, False),
-    ("online", True, False),
-    ("online", True, True),
-    ("none", False, False),
+CONFIGS = [  # (router, share, reinject, other ModelConfig fields)
+    ("none", True, False, {}),
+    ("early", True, False, {}),
+    ("online", True, False, {}),
+    ("online", True, True, {}),
+    ("none", False, False, {}),
+    ("online", True, False, {"depth_embed": False}),
 ]
-CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared"]
+CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed"]
 
 
 def make(router="online", share=True, reinject=False, D=4, seed=0, **more):
@@ -95,10 +96,10 @@ def non_router_params(m):
 # -----------------------------------------------------------------------------
 # causality
 
-@pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
-def test_causality_eval_and_training(router, share, reinject):
+@pytest.mark.parametrize("router,share,reinject,more", CONFIGS, ids=CONFIG_IDS)
+def test_causality_eval_and_training(router, share, reinject, more):
     torch.manual_seed(1)
-    m = perturb(make(router, share, reinject, D=4, seed=1))
+    m = perturb(make(router, share, reinject, **more, D=4, seed=1))
     B, T, t = 3, 16, 9
     idx = torch.randint(0, V, (B, T))
     idx2 = idx.clone()
@@ -177,10 +178,10 @@ def test_depth_bounds_adaptive_routers(router):
         assert int(out.depth[:, 12:].min()) >= 1
 
 
-@pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
-def test_full_depth_cases(router, share, reinject):
+@pytest.mark.parametrize("router,share,reinject,more", CONFIGS, ids=CONFIG_IDS)
+def test_full_depth_cases(router, share, reinject, more):
     torch.manual_seed(3)
-    m = perturb(make(router, share, reinject, D=3, seed=3)).eval()
+    m = perturb(make(router, share, reinject, **more, D=3, seed=3)).eval()
     idx = torch.randint(0, V, (3, 14))
     none_adaptive = torch.zeros_like(idx, dtype=torch.bool)
     with torch.no_grad():
@@ -382,14 +383,14 @@ def teacher_forced(m, prompt, tokens):
         return m(full, adaptive=adaptive)
 
 
-@pytest.mark.parametrize("router,share,reinject", CONFIGS, ids=CONFIG_IDS)
-def test_generate_matches_uncached_forward(router, share, reinject):
+@pytest.mark.parametrize("router,share,reinject,more", CONFIGS, ids=CONFIG_IDS)
+def test_generate_matches_uncached_forward(router, share, reinject, more):
     """Generation, which skips the halted tokens' work, gives the tokens,
     depths and logits of the teacher-forced forward: at batch 4, where the
     tokens of one step halt at different depths, and one prompt at a time."""
     torch.manual_seed(7)
     D = 4
-    m = perturb(make(router, share, reinject, D=D, seed=7))
+    m = perturb(make(router, share, reinject, **more, D=D, seed=7))
     B, P, N = 4, 12, 10
     prompt = torch.randint(0, V, (B, P))
     tokens, depths = m.generate(prompt, N)
@@ -817,3 +818,16 @@ def test_bad_configs_raise():
         ANIRA(ModelConfig(d_model=32, n_heads=2, share=False, router="early"))
     m = ANIRA(ModelConfig(d_model=32, n_heads=2, max_depth=3, share=False, router="none"))
     assert len(m.core) == 3
+
+
+@pytest.mark.parametrize("depth_embed", [True, False])
+def test_depth_embedding_ties_the_step_to_k_only_when_on(depth_embed):
+    """With depth_embed off (train.py --no-depth-embed) the block's input at
+    iteration k is the state alone, so the step cannot depend on k."""
+    m = perturb(make("online", D=4, seed=15, depth_embed=depth_embed)).eval()
+    idx = torch.randint(0, V, (2, 12))
+    with torch.no_grad():
+        before = m(idx, route=False).logits
+        m.depth_embed.normal_(0, 1.0)
+        after = m(idx, route=False).logits
+    assert torch.allclose(before, after, atol=EXACT) != depth_embed
