@@ -31,7 +31,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 # defaults: a small model that trains on dfs in about 11 minutes on a 2-core
 # CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
-    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False,
+    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, hops_curriculum=0,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
     token_shift=2, depth_embed=True,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
@@ -153,8 +153,10 @@ def training_batch(step, rng, args, device):
     """This step's fresh examples as tensors: ids, next-token targets (-1: no
     loss), and, when the run asks for them, the prompt's targets
     (--prompt-loss) and each exit's target (--hints); else None."""
-    batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
-                                  **task_params(vars(args)))
+    params = task_params(vars(args))
+    if args.hops_curriculum:
+        params["hops"] = hops_for_step(step, args)
+    batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size, **params)
     idx, targets = tasks.make_batch(batch)[:2]
     prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
     exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
@@ -211,7 +213,8 @@ def evaluate_held_out(model, examples, args, device, route=True):
 def task_params(config):
     """The task's generator parameters from a run's config (train.py's flags
     or a checkpoint's "config"): the regime every example is drawn from."""
-    return {"chain_order": config.get("chain_order", DEFAULTS["chain_order"])}
+    return {"chain_order": config.get("chain_order", DEFAULTS["chain_order"]),
+            "hops": config.get("hops", DEFAULTS["hops"])}
 
 
 def mean_parts(parts):
@@ -220,6 +223,14 @@ def mean_parts(parts):
     train_halt (the router's loss) and train_target_depth (the mean d* it is
     trained towards)."""
     return {f"train_{name}": round(float(np.mean(values)), 4) for name, values in parts.items()}
+
+
+def hops_for_step(step, args):
+    """lang with --hops-curriculum N: the longest chain of this step's batch,
+    growing from 2 hops (the shortest chase: one variable, then its value) to
+    --hops over the first N steps: short chases first."""
+    low = min(2, args.hops)
+    return low + round((args.hops - low) * min(1.0, step / args.hops_curriculum))
 
 
 def size_range_for_step(step, rng, args):
@@ -319,7 +330,7 @@ def pick_device(name):
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
 MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True)
-RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints")  # beside the model's config
+RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "hops_curriculum")  # beside the model's config
 
 
 def load_checkpoint(path, args=None):
@@ -390,6 +401,9 @@ def parse_args(argv):
                    help="lang: train the exit of iteration k on the k-th hop of each chase "
                         "(the variable it reaches, then the value), as CLRS trains on an "
                         "algorithm's intermediate states; router none then trains every exit too")
+    p.add_argument("--hops", type=int, default=d["hops"], help="lang: the longest chain of bindings")
+    p.add_argument("--hops-curriculum", type=int, default=d["hops_curriculum"],
+                   help="lang: steps over which the longest chain grows from 2 hops to --hops (0: none)")
     p.add_argument("--d-model", type=int, default=d["d_model"])
     p.add_argument("--n-heads", type=int, default=d["n_heads"])
     p.add_argument("--n-prelude", type=int, default=d["n_prelude"], help="blocks before the recurrence")
@@ -457,6 +471,10 @@ def parse_args(argv):
         fail("--early-input chooses what the early router reads: use it with --router early")
     if args.chain_order != "forward" and args.task != "lang":
         fail("--chain-order is a parameter of the lang task")
+    if args.task != "lang" and (args.hops != d["hops"] or args.hops_curriculum):
+        fail("--hops and --hops-curriculum are parameters of the lang task")
+    if args.hops < 1 or args.hops_curriculum < 0:
+        fail("--hops must be at least 1 and --hops-curriculum not negative")
     args.hints = args.hints == "on"
     if args.hints and args.task != "lang":
         fail("--hints: only lang's chases have intermediate steps to supervise")
