@@ -154,7 +154,7 @@ def token_rows(model, examples, batch_size, device, depth="router"):
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
         forced = None
         if depth == "hops":  # the oracle: a k-hop reference runs k iterations, other answer tokens 1
-            hops = torch.from_numpy(feats["hops"]).to(device).clamp(1, model.cfg.max_depth)
+            hops = torch.from_numpy(np.nan_to_num(feats["hops"])).long().to(device).clamp(1, model.cfg.max_depth)
             forced = torch.where(targets_t != -1, hops, model.cfg.max_depth)
         out = model(idx_t, adaptive=targets_t != -1, route=depth == "router", counterfactual=True,
                     forced_depth=forced)

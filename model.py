@@ -212,7 +212,7 @@ class ANIRA(nn.Module):
         """Rotary tables and attention mask of the next T positions."""
         if cache is not None:
             return cache.extend(T, self.cfg.d_model // self.cfg.n_heads, device)
-        return Positions(*rotary(T, self.cfg.d_model // self.cfg.n_heads, device), mask=None)
+        return Positions(*rotary(T, self.cfg.d_model // self.cfg.n_heads, device), mask=None, causal=True)
 
     def early_router_input(self, embedded, h0, answer, cache=None):
         """What ANIRA-E's router reads (cfg.early_input), an ablation of how
@@ -561,7 +561,7 @@ class Block(nn.Module):
         elif run is not None:  # one position per row (decoding): attend with the running rows' keys alone
             k, v = k.index_select(0, run), v.index_select(0, run)
         q = apply_rotary(q.view(-1, T, H, C // H).transpose(1, 2), pos)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=pos.mask, is_causal=pos.mask is None)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=pos.mask, is_causal=pos.causal)
         y = y.transpose(1, 2).reshape(len(q), T, C)
         if run is not None:
             y = y.view(-1, C) if T == 1 else gather(y, run)
@@ -570,9 +570,10 @@ class Block(nn.Module):
 
 # Rotary tables (T, head_dim) of T positions, and which keys each query sees:
 # key j is visible to query i iff j <= S - T + i, for the S keys of the T new
-# positions and those cached before them. mask (T, S) bool, or None when
-# there is no cache (S = T): plain causal attention.
-Positions = namedtuple("Positions", "cos sin mask")
+# positions and those cached before them. As a mask (T, S), or, where the rule
+# is simpler, mask None and `causal`: True without a cache (S = T: plain
+# causal attention), False for one new position (T = 1: it sees every key).
+Positions = namedtuple("Positions", "cos sin mask causal")
 
 
 class KVCache:
@@ -602,8 +603,9 @@ class KVCache:
             self.rope = rotary(self.size, head_dim, device)
         self.start, self.length = self.length, self.length + T
         S = self.length
-        mask = torch.arange(S, device=device)[None, :] <= torch.arange(self.start, S, device=device)[:, None]
-        return Positions(self.rope[0][self.start:S], self.rope[1][self.start:S], mask)
+        mask = None if T == 1 else \
+            torch.arange(S, device=device)[None, :] <= torch.arange(self.start, S, device=device)[:, None]
+        return Positions(self.rope[0][self.start:S], self.rope[1][self.start:S], mask, causal=False)
 
     def layer(self, i):
         return _LayerCache(self, i)
