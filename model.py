@@ -220,7 +220,7 @@ class ANIRA(nn.Module):
         (graph size, hubs); ours reads h0, which has already attended to the
         whole prompt and to the answer so far, so it may already hold the
         execution state (the DFS stack) that only online halting should see.
-        Measured (README, "Decision timing"): reading less does not make the
+        Measured (RESULTS.md, "What the early router reads"): reading less does not make the
         decision static; it follows the token and its step into the answer.
           prelude     h0, the prelude's output (the default). With n_prelude 2,
                       after two attention blocks instead of one.

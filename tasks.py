@@ -21,7 +21,7 @@ Three tasks, each with explicit difficulty parameters:
         (8 = 3 ; 5 = A ; 3 = C): when a statement is read, the variable it
         names is not bound yet, so a k-hop query has to chase its bindings at
         the query token itself: the regime built for depth to be needed
-        (README, "A regime where depth is needed").
+        (README and RESULTS.md, "A regime where depth is needed").
 
 Node and variable names are random labels out of N_LABELS (twice the largest
 training size), so a larger test graph needs no new tokens.
@@ -45,7 +45,7 @@ CHAIN_ORDERS = ("forward", "reverse")  # lang: how each chain's statements are w
 # needs n // 2 distractor names, up to 11 variables). Fewer labels learn
 # faster (each label's embedding and its order among the others are seen more
 # often): dfs online reached 88.3% exact-match at step 2000 with 16 labels
-# against 69.5% with 32 (README, "What made the tasks learnable in minutes").
+# against 69.5% with 32 (RESULTS.md, "What made the tasks learnable in minutes").
 N_LABELS = 16
 N_VALUES = 10  # lang values "A".."J"
 SPECIALS = ["<pad>", "<sep>", "<end>", ":", ";", ">", "=", "->", "start"]
@@ -72,7 +72,7 @@ DEFAULT_SIZES = {"dfs": (4, 8), "topo": (4, 8), "lang": (4, 8)}
 # traversal looks up (which nodes are neighbours, the order of labels), and
 # predicting it makes dfs learn faster; topo keeps it too (not measured
 # without). A lang prompt is random bindings by construction: predicting it
-# teaches nothing, and it kept lang from learning the lookup at all (README,
+# teaches nothing, and it kept lang from learning the lookup at all (RESULTS.md,
 # "What made the tasks learnable in minutes").
 PROMPT_LOSS = {"dfs": True, "topo": True, "lang": False}
 

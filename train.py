@@ -396,7 +396,7 @@ def parse_args(argv):
                    help="lang: forward writes each chain first link first (a = C ; b = a), "
                         "so the prompt resolves it while read; reverse (b = a ; a = C) leaves "
                         "a k-hop query k bindings to chase (learned with --hints on: the regime "
-                        "where depth is needed, README)")
+                        "where depth is needed, README.md)")
     p.add_argument("--hints", choices=("on", "off"), default="on" if d["hints"] else "off",
                    help="lang: train the exit of iteration k on the k-th hop of each chase "
                         "(the variable it reaches, then the value), as CLRS trains on an "
