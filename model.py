@@ -84,6 +84,7 @@ class ModelConfig:
     halt_threshold: float = 0.5
     early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
     depth_embed: bool = True  # add a learned embedding of the iteration k before each iteration
+    feedback: bool = False    # add the embedding of the previous exit's prediction to each iteration's input
 
 
 @dataclass
@@ -202,11 +203,15 @@ class ANIRA(nn.Module):
         return visible, depth, exits
 
     def iteration_input(self, state, h0, k):
-        """x_k: the state, plus the embedding of iteration k (unless the step
-        must not depend on k: depth_embed False), plus h0 with reinject."""
-        if self.cfg.depth_embed:
-            state = state + self.depth_embed[k]
-        return state + h0 if self.cfg.reinject else state
+        """x_k: the state s_{k-1}, plus the embedding e_k of iteration k (unless
+        the step must not depend on k: depth_embed False), plus h0 with
+        reinject, plus with feedback the expected embedding of what exit k-1
+        predicts, E^T softmax(head(norm(s_{k-1}))): a chase's next hop then
+        looks up a token presented as an input, as a one-hop lookup does."""
+        x = state + self.depth_embed[k] if self.cfg.depth_embed else state
+        if self.cfg.feedback and k > 0:
+            x = x + F.softmax(self.head(self.norm(state)), -1) @ self.embed.weight
+        return x + h0 if self.cfg.reinject else x
 
     def positions(self, T, device, cache=None):
         """Rotary tables and attention mask of the next T positions."""
