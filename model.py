@@ -56,6 +56,11 @@ them. So here the two are decoupled:
      at max_depth (its tokens never halt): train.py --prompt-loss, whose
      default per task is tasks.PROMPT_LOSS.
 The router reads detached representations, so halting never shapes them.
+
+Reading order: ANIRA.forward (embed, prelude, Halting, recur, head), ANIRA.recur
+(the recurrence), ANIRA.loss and its two losses, Halting (the routers' hazards
+and the halting rule), Skipping (how inference skips halted tokens' work: the
+same recurrence, computed only where tokens still run), Block, KVCache.
 """
 import contextlib
 import math
