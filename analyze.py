@@ -53,22 +53,25 @@ import numpy as np
 # Per task: `size` is the linear size feature that the categorical model
 # replaces by a one-hot of n; `static` features are fixed by the prompt before
 # any output token (so a shallow, early decision can see them); `dynamic`
-# ones are the algorithm's state at this token; `align` is the main difficulty
+# ones are the algorithm's state at this token (the paper's partition);
+# `position` ones say where the token is in the answer, reported apart: on dfs
+# step + remaining = n_nodes, so counted as dynamic they would carry the static
+# size into R^2 dynamic; `align` is the main difficulty
 # feature (mean depth per value); `key` features are plotted against depth.
 # Features missing from a CSV are skipped; a task not listed here gets
 # correlations and the full regression only.
 TASKS = {
     "dfs": dict(size="n_nodes", align="backtrack",
                 static=["n_nodes", "n_edges", "degree", "max_degree", "is_hub"],
-                dynamic=["stack_depth", "backtrack", "frontier", "newly_enabled", "step", "remaining"],
+                dynamic=["stack_depth", "backtrack", "frontier", "newly_enabled"], position=["step", "remaining"],
                 key=["backtrack", "stack_depth", "frontier", "newly_enabled", "degree", "n_nodes"]),
     "topo": dict(size="n_nodes", align="ready",
                  static=["n_nodes", "n_edges", "in_degree", "out_degree", "max_degree", "is_hub"],
-                 dynamic=["step", "remaining", "ready", "newly_enabled"],
+                 dynamic=["ready", "newly_enabled"], position=["step", "remaining"],
                  key=["ready", "newly_enabled", "out_degree", "in_degree", "remaining", "n_nodes"]),
     "lang": dict(size="n_vars", align="hops",  # kind: 0 filler, 1 random, 2 reference
                  static=["n_vars", "distractors"],
-                 dynamic=["kind", "hops", "distance", "step"],
+                 dynamic=["kind", "hops", "distance"], position=["step"],
                  key=["hops", "kind", "distance", "distractors", "n_vars"]),
 }
 EXACT_LMG_MAX = 12  # exact Shapley over all 2^p subsets up to this many features
@@ -132,6 +135,7 @@ def analyze(d):
         "static_features": [f for f in kept if f in cfg.get("static", ())],
         "dynamic_features": [f for f in kept if f in cfg.get("dynamic", ())],
         "r2_full": fits["r2_full"], "r2_static": fits["r2_static"], "r2_dynamic": fits["r2_dynamic"],
+        "r2_position": fits["r2_position"],
         "r2_categorical_n": fits["r2_categorical_n"],
         "r2_categorical_gain": fits["r2_categorical_n"] - fits["r2_full"],
         "intercept": fits["intercept"], "coef": per_feature(fits["coef"]),
@@ -163,18 +167,19 @@ def regressions(d, Z, y, kept, cfg, notes):
     if not cfg:
         notes.append(f"task '{d['task']}' is not in TASKS: no static/dynamic split")
     r2_group = {}
-    for group in ("static", "dynamic"):
+    for group in ("static", "dynamic", "position"):
         cols = [j for j, f in enumerate(kept) if f in cfg.get(group, ())]
         r2_group[group] = ols(Z[:, cols], y)[2] if cols else math.nan
-        if cfg and not cols:
+        if cfg and not cols and group != "position":
             notes.append(f"no non-constant {group} feature: R^2 {group} is undefined")
-    # a static feature that the dynamic ones reproduce exactly leaks into R^2 dynamic
-    dynamic = [j for j, f in enumerate(kept) if f in cfg.get("dynamic", ())]
-    leaked = [f for j, f in enumerate(kept) if f in cfg.get("static", ()) and dynamic
-              and ols(Z[:, dynamic], Z[:, j])[2] > 0.999]
-    if leaked:
-        notes.append(f"the dynamic features determine {', '.join(leaked)} exactly (e.g. step + remaining = "
-                     "n_nodes), so R^2 dynamic also captures that static effect")
+    # a static feature that the dynamic or position ones reproduce exactly leaks into their R^2
+    for group in ("dynamic", "position"):
+        cols = [j for j, f in enumerate(kept) if f in cfg.get(group, ())]
+        leaked = [f for j, f in enumerate(kept) if f in cfg.get("static", ()) and cols
+                  and ols(Z[:, cols], Z[:, j])[2] > 0.999]
+        if leaked:
+            notes.append(f"the {group} features determine {', '.join(leaked)} exactly (e.g. step + remaining = "
+                         f"n_nodes), so R^2 {group} also captures that static effect")
     # non-linear size effect: swap the linear size feature for a one-hot of n
     size = cfg.get("size") or next((f for f in ("n_nodes", "n_vars") if f in d["features"]), None)
     levels = np.unique(d["n"])
@@ -182,6 +187,7 @@ def regressions(d, Z, y, kept, cfg, notes):
     others = [j for j, f in enumerate(kept) if f != size]
     return {"coef": coef, "intercept": float(intercept), "r2_full": r2_full, "size_feature": size,
             "r2_static": r2_group["static"], "r2_dynamic": r2_group["dynamic"],
+            "r2_position": r2_group["position"],
             "r2_categorical_n": ols(np.hstack([Z[:, others], onehot]), y)[2]}
 
 
@@ -395,7 +401,7 @@ def file_section(path, r, label):
     L += ["### Depth against features", "",
           f"coef: depth per standard deviation of the feature (intercept {f3(r['intercept'])}); "
           f"shares of explained variance: LMG ({r['importance_method']}) and drop-one.", ""]
-    group = {f: g for g in ("static", "dynamic") for f in TASKS.get(r["task"], {}).get(g, ())}
+    group = {f: g for g in ("static", "dynamic", "position") for f in TASKS.get(r["task"], {}).get(g, ())}
     L += table(["feature", "group", "spearman", "pearson", "coef", "share LMG", "share drop-one"],
                [[f, group.get(f, "-"), f3(r["spearman"][f]), f3(r["pearson"][f]),
                  "dropped (constant)" if f in r["dropped"] else f3(r["coef"][f]),
@@ -435,7 +441,8 @@ def needed_section(v):
 
 
 R2_ROWS = [("r2_full", "full (size linear)"), ("r2_static", "static features only"),
-           ("r2_dynamic", "dynamic features only"), ("r2_categorical_n", "size n one-hot"),
+           ("r2_dynamic", "dynamic features only"), ("r2_position", "position in the answer only"),
+           ("r2_categorical_n", "size n one-hot"),
            ("r2_categorical_gain", "gain of one-hot n (non-linear size effect)")]
 
 

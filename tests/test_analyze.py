@@ -144,8 +144,10 @@ def test_dynamic_features_that_determine_the_size_are_flagged(tmp_path):
     f["step"] = rng.integers(0, 4, len(n))
     f["remaining"] = f["n_nodes"] - f["step"]  # as in tasks.py: the pair encodes the size
     r = run(write_csv(tmp_path / "t.csv", f, 2 + z(f["n_nodes"]), n))
-    assert r["r2_static"] == pytest.approx(1) and r["r2_dynamic"] == pytest.approx(1)
-    assert any("determine n_nodes" in note for note in r["notes"])
+    # the paper's partition: step and remaining are position, not dynamic
+    assert r["r2_static"] == pytest.approx(1) and r["r2_position"] == pytest.approx(1)
+    assert r["r2_dynamic"] < 0.05
+    assert any("position features determine n_nodes" in note for note in r["notes"])
     assert any("linear combinations" in note for note in r["notes"])
     assert sum(r["importance"].values()) == pytest.approx(100)
 
