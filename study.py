@@ -1,0 +1,307 @@
+"""
+The study in one command: the paper's three findings, on every regime, over
+several seeds, beside the paper's claims.
+
+    python study.py                      # dfs and the depth-needed lang regime, seeds 0-2
+    python study.py --regimes dfs --seeds 0 --jobs 2
+    python study.py --quick              # a tiny model, a few steps: proves the pipeline
+
+For every regime and seed it trains router none at every depth 1..max_depth
+and ANIRA-E and ANIRA-O at every --ponders value (default: the regime's
+ponder), evaluates each on the training sizes and on larger ones
+(evaluate.py), analyses each tokens.csv (analyze.py), and writes to --out:
+  results.json  every run's numbers, and the aggregates over seeds
+  report.md     one section per finding: the paper's claim, the measurement
+                as mean [min, max] over seeds, a verdict
+  *.png         accuracy against mean depth, fixed depths against the
+                routers, with the spread over seeds (if matplotlib is there)
+Runs go --jobs at a time with the cores split among them; a finished run is
+never trained again (Ctrl-C, then the same command, resumes).
+"""
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+import analyze
+import bench
+import tasks
+import train
+
+PAPER = ("Our results show that compute allocation aligned with task complexity can emerge without "
+         "explicit difficulty supervision, but such alignment does not imply algorithmic generalization: "
+         "models fail to extrapolate to unseen input sizes despite allocating additional computation. We "
+         "further find that early compute decisions rely on static structural cues, whereas online halting "
+         "more closely tracks algorithmic execution state.")  # the abstract (arXiv 2602.08864)
+
+# The regimes of the study: train.py flags, steps, training and test sizes, the
+# ponder of the routers, and the difficulty feature that depth should follow.
+REGIMES = {
+    "dfs": dict(flags=["--task", "dfs"], steps=3000, sizes=(4, 8), ood_to=12, ponder=0.002,
+                feature="backtrack"),
+    "lang-chase": dict(flags=["--task", "lang", "--chain-order", "reverse", "--hints", "on"], steps=4000,
+                       sizes=(4, 8), ood_to=10, ponder=0.03, feature="hops"),
+}
+ROUTER_ORDER = ("none", "early", "online")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    jobs = [(regime, seed, point) for regime in args.regimes for seed in args.seeds
+            for point in points(regime, args)]
+    # longest first (adaptive routers, deep fixed depths), so the last runs are short
+    jobs.sort(key=lambda j: (j[2][0] == "none", -j[2][1]))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    print(f"{len(jobs)} runs in {args.out}, {args.jobs} at a time, {threads} thread(s) each", flush=True)
+    rows, t0 = [], time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        todo = {pool.submit(run_point, regime, seed, point, args, env): (regime, seed) for regime, seed, point in jobs}
+        for done, future in enumerate(as_completed(todo), 1):
+            row = future.result()
+            rows.append(row)
+            elapsed = time.time() - t0
+            print(f"[{done}/{len(jobs)}] {row['regime']} seed {row['seed']} {row['run']}: exact-match "
+                  f"{row['exact_match']:.3f} at mean depth {row['mean_depth']:.2f} | {elapsed / 60:.1f} min, "
+                  f"~{elapsed / done * (len(jobs) - done) / 60:.0f} min left", flush=True)
+    rows.sort(key=lambda r: (r["regime"], ROUTER_ORDER.index(r["router"]), r["max_depth"], r["ponder"] or 0,
+                             r["seed"]))
+    results = {"seeds": args.seeds, "regimes": {r: REGIMES[r] for r in args.regimes},
+               "runs": rows, "aggregates": aggregate(rows)}
+    analyze.write(Path(args.out) / "results.json",
+                  json.dumps(analyze.nan_to_none(results), indent=1, allow_nan=False))
+    figures = [f for regime in args.regimes if (f := plot_curve(rows, regime, args.out))]
+    analyze.write(Path(args.out) / "report.md", report(results, figures))
+    print(f"wrote {args.out}/results.json, report.md" + (f" and {len(figures)} figure(s)" if figures else ""))
+
+
+def points(regime, args):
+    """(router, max_depth, ponder) of every run of a regime and seed."""
+    D = 2 if args.quick else args.max_depth
+    ponders = args.ponders or [REGIMES[regime]["ponder"]]
+    return [("none", d, None) for d in range(1, D + 1)] + \
+        [(router, D, p) for router in ("early", "online") for p in ponders]
+
+
+def run_point(regime, seed, point, args, env):
+    """Train and evaluate one run (bench.tradeoff_point: resumes, never
+    retrains a finished run), then analyse its tokens and add the numbers of
+    the three findings to its row."""
+    spec = REGIMES[regime]
+    lo, hi = spec["sizes"]
+    steps = 6 if args.quick else spec["steps"]
+    train_flags = spec["flags"] + ["--sizes", f"{lo}-{hi}", "--max-iters", str(steps), "--seed", str(seed),
+                                   "--device", args.device]
+    eval_flags = ["--sizes", f"{lo}-{spec['ood_to']}", "--num", "3" if args.quick else str(args.num),
+                  "--device", args.device]
+    if args.quick:
+        train_flags += ["--eval-every", "3", "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2",
+                        "--d-model", "32"]
+    out = os.path.join(args.out, regime, f"s{seed}")
+    os.makedirs(out, exist_ok=True)
+    row = bench.tradeoff_point(point, out, steps, train_flags, eval_flags, env)
+    row.update(regime=regime, seed=seed, **findings(os.path.join(out, row["run"], "tokens.csv"), spec))
+    return row
+
+
+def findings(csv_path, spec):
+    """The numbers of one run for the three findings, from its tokens.csv:
+    in distribution (training sizes) and with the larger sizes included."""
+    inside = analyze.analyze(analyze.restrict(analyze.load_csv(csv_path), spec["sizes"]))
+    everything = analyze.analyze(analyze.load_csv(csv_path))
+    feature = spec["feature"]
+    needed = inside["depth_vs_needed"]
+    return {
+        # alignment: does depth follow the task's difficulty feature and the depth needed?
+        "spearman_feature": inside["spearman"].get(feature),
+        "spearman_needed": needed["spearman"] if needed else None,
+        "halted_too_early": needed["outcomes"]["halted_too_early"] if needed else None,
+        "depth_by_feature": {str(x["value"]): x["mean_depth"] for x in inside["depth_by_feature"].get(feature, [])},
+        # extrapolation: exact-match and depth by size
+        "by_size": {str(s["n"]): {"exact_match": s["exact_match"], "mean_depth": s["mean_depth"], "ood": s["ood"]}
+                    for s in everything["by_size"]},
+        # decision timing, the paper's partition; position (step, remaining) apart
+        **{f"{key}{suffix}": r[key] for r, suffix in ((inside, ""), (everything, "_all_sizes"))
+           for key in ("r2_static", "r2_dynamic", "r2_position", "r2_full", "r2_categorical_gain")},
+        "size_share": inside["importance"].get(inside["size_feature"]),
+    }
+
+
+def aggregate(rows):
+    """Per regime and run, every number as its mean, min and max over seeds."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["regime"], r["run"]), []).append(r)
+    return [{**merge(rs), "regime": regime, "run": run, "router": rs[0]["router"],
+             "max_depth": rs[0]["max_depth"], "ponder": rs[0]["ponder"], "seeds": [r["seed"] for r in rs]}
+            for (regime, run), rs in groups.items()]
+
+
+def merge(values):
+    """The seeds' values of one key: numbers -> {mean, min, max} of the finite
+    ones (NaN when there is none), dicts key by key, anything else the first."""
+    if all(isinstance(v, dict) for v in values):
+        return {k: merge([v.get(k) for v in values]) for k in dict.fromkeys(k for v in values for k in v)}
+    if any(isinstance(v, bool) for v in values) or \
+            not all(v is None or isinstance(v, (int, float)) for v in values):
+        return values[0]
+    finite = np.array([np.nan if v is None else v for v in values], dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return {"mean": np.nan, "min": np.nan, "max": np.nan}
+    return {"mean": float(finite.mean()), "min": float(finite.min()), "max": float(finite.max())}
+
+
+# -----------------------------------------------------------------------------
+# the report: one section per finding, the paper beside the measurement
+
+def report(results, figures):
+    aggs = results["aggregates"]
+    L = ["# The study: the paper's findings, measured", "",
+         f"Seeds {', '.join(map(str, results['seeds']))}; every number is the mean over seeds with "
+         "[min, max]. Reproduce: `python study.py` (see its --help).", "",
+         f"The paper (abstract): \"{PAPER}\"", ""]
+    for regime, spec in results["regimes"].items():
+        rows = [a for a in aggs if a["regime"] == regime]
+        best_fixed = max((a for a in rows if a["router"] == "none"), key=lambda a: a["exact_match"]["mean"])
+        L += [f"## {regime}: `python train.py {' '.join(spec['flags'])}`, {spec['steps']} steps, "
+              f"sizes {spec['sizes'][0]}-{spec['sizes'][1]} (tested to {spec['ood_to']})", ""]
+        L += ["### Accuracy against compute", ""]
+        L += analyze.table(["run", "mean depth", "exact-match", "exact-match OOD", "spearman(depth, "
+                            f"{spec['feature']})", "spearman(depth, needed)", "halted too early"],
+                           [[a["run"], fmt(a["mean_depth"]), fmt(a["exact_match"]), fmt(a["exact_match_ood"]),
+                             fmt(a.get("spearman_feature")), fmt(a.get("spearman_needed")),
+                             fmt(a.get("halted_too_early"))] for a in rows])
+        L += [f"![{regime}]({os.path.basename(f)})" for f in figures if regime in f] + [""]
+        L += section_alignment(rows, spec, best_fixed) + section_timing(rows) + section_extrapolation(rows)
+    return "\n".join(L) + "\n"
+
+
+def section_alignment(rows, spec, best_fixed):
+    L = ["### Alignment", "", "The paper: \"compute allocation aligned with task complexity can emerge "
+         "without explicit difficulty supervision\".", ""]
+    for a in rows:
+        if a["router"] == "none":
+            continue
+        rho = (a.get("spearman_feature") or {}).get("mean", np.nan)
+        verdict = "reproduced" if rho > 0.1 else "not reproduced"
+        L += [f"- {a['run']}: Spearman of depth with {spec['feature']} {fmt(a.get('spearman_feature'))}, with the "
+              f"depth needed {fmt(a.get('spearman_needed'))}; exact-match {fmt(a['exact_match'])} against the "
+              f"best fixed depth's {fmt(best_fixed['exact_match'])} ({best_fixed['run']}): **{verdict}**."]
+    return L + [""]
+
+
+def section_timing(rows):
+    L = ["### Decision timing", "", "The paper: \"early compute decisions rely on static structural cues, "
+         "whereas online halting more closely tracks algorithmic execution state\". R^2 of depth on the "
+         "static features alone and on the dynamic ones alone (the paper's partition; the token's position "
+         "in the answer apart).", ""]
+    routers = {a["router"]: a for a in rows if a["router"] != "none"}
+    L += analyze.table(["run", "R^2 static", "R^2 dynamic", "R^2 position", "size's share of R^2",
+                        "categorical-size gain", "R^2 static / dynamic, larger sizes included"],
+                       [[a["run"], fmt(a["r2_static"]), fmt(a["r2_dynamic"]), fmt(a["r2_position"]),
+                         fmt(a.get("size_share"), "%"), fmt(a["r2_categorical_gain"]),
+                         f"{fmt(a['r2_static_all_sizes'])} / {fmt(a['r2_dynamic_all_sizes'])}"]
+                        for a in rows if a["router"] != "none"])
+    r2 = [routers[r][k]["mean"] for r in ("early", "online") if r in routers for k in ("r2_static", "r2_dynamic")]
+    if len(r2) == 4 and np.isfinite(r2).all():
+        e, o = routers["early"], routers["online"]
+        early_static = e["r2_static"]["mean"] > e["r2_dynamic"]["mean"]
+        online_dynamic = o["r2_dynamic"]["mean"] > o["r2_static"]["mean"]
+        verdict = "reproduced" if early_static and online_dynamic else \
+            "reversed" if not early_static and not online_dynamic else "not reproduced"
+        L += ["", f"Early leans on {'static' if early_static else 'dynamic'} cues, online on "
+              f"{'dynamic' if online_dynamic else 'static'} ones: **{verdict}**."]
+    return L + [""]
+
+
+def section_extrapolation(rows):
+    L = ["### Extrapolation to larger sizes", "", "The paper: \"models fail to extrapolate to unseen input "
+         "sizes despite allocating additional computation\". Exact-match @ mean depth by size (OOD: not "
+         "trained on).", ""]
+    sizes = sorted({n for a in rows for n in a.get("by_size", {})}, key=float)
+    L += analyze.table(["run"] + sizes, [[a["run"]] + [size_cell(a, n) for n in sizes] for a in rows])
+    return L + [""]
+
+
+def size_cell(a, n):
+    s = a["by_size"].get(n)
+    return "" if s is None else f"{s['exact_match']['mean']:.2f} @ {s['mean_depth']['mean']:.2f}"
+
+
+def fmt(x, unit=""):
+    """mean [min, max] of a spread over seeds (one number if they agree); unit
+    "%" for shares already in percent."""
+    if x is None or not np.isfinite(x["mean"]):
+        return "n/a"
+    f = (lambda v: f"{v:.1f}%") if unit == "%" else (lambda v: f"{v:.3f}")
+    if x["min"] == x["max"]:
+        return f(x["mean"])
+    return f"{f(x['mean'])} [{f(x['min'])}, {f(x['max'])}]"
+
+
+def plot_curve(rows, regime, out):
+    """Exact-match against mean depth of each run, per seed (dots) and mean
+    (line / markers), fixed depths against the routers; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for router, marker, colour in (("none", "o", "k"), ("early", "s", "b"), ("online", "^", "r")):
+        rs = [r for r in rows if r["regime"] == regime and r["router"] == router]
+        ax.scatter([r["mean_depth"] for r in rs], [r["exact_match"] for r in rs], marker=marker, color=colour,
+                   alpha=0.3, s=15)
+        runs = sorted({r["run"] for r in rs}, key=lambda name: [r for r in rs if r["run"] == name][0]["max_depth"])
+        means = [(np.mean([r["mean_depth"] for r in rs if r["run"] == name]),
+                  np.mean([r["exact_match"] for r in rs if r["run"] == name])) for name in runs]
+        if means:
+            ax.plot(*zip(*means), marker=marker, color=colour, ls="-" if router == "none" else "",
+                    label="fixed depth" if router == "none" else router)
+    ax.set(xlabel="mean iterations per target token", ylabel="exact-match (training sizes)",
+           title=f"{regime}: mean over seeds (markers), each seed (dots)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out, f"curve-{regime}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--regimes", default=",".join(REGIMES), help=f"comma-separated, of {', '.join(REGIMES)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated train.py seeds")
+    p.add_argument("--ponders", default=None,
+                   help="comma-separated --ponder values of the routers (default: the regime's)")
+    p.add_argument("--max-depth", type=int, default=4)
+    p.add_argument("--num", type=int, default=100, help="evaluation examples per size")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once; the cores are split among them")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (every run)")
+    p.add_argument("--quick", action="store_true", help="a tiny model, a few steps: proves the pipeline")
+    p.add_argument("--out", default=None, help="folder (default study, or study-quick with --quick)")
+    args = p.parse_args(argv)
+    args.regimes = [r for r in args.regimes.split(",") if r]
+    unknown = [r for r in args.regimes if r not in REGIMES]
+    if unknown or not args.regimes:
+        train.fail(f"--regimes: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(REGIMES)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+        args.ponders = [float(x) for x in args.ponders.split(",")] if args.ponders else None
+    except ValueError:
+        train.fail("--seeds takes integers like 0,1,2 and --ponders numbers like 0.002,0.03")
+    if min(args.jobs, args.max_depth, args.num) < 1 or (args.ponders and min(args.ponders) < 0):
+        train.fail("--jobs, --max-depth and --num must be at least 1, --ponders not negative")
+    args.out = args.out or ("study-quick" if args.quick else "study")
+    return args
+
+
+if __name__ == "__main__":
+    main()

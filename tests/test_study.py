@@ -1,0 +1,72 @@
+"""Tests for study.py: the whole pipeline in --quick mode (a tiny model, a few
+steps), its outputs' structure (never their numbers), resuming, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    res = subprocess.run([sys.executable, "study.py", "--quick", "--seeds", "0,1", "--regimes", "dfs",
+                          "--jobs", "2", "--num", "2", "--out", str(out)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    return out, res
+
+
+def test_every_run_is_trained_evaluated_and_aggregated(quick):
+    out, res = quick
+    results = json.loads((out / "results.json").read_text())
+    names = {"none-d1", "none-d2", "early-p0.002", "online-p0.002"}  # --quick: max_depth 2
+    assert {(r["run"], r["seed"]) for r in results["runs"]} == {(n, s) for n in names for s in (0, 1)}
+    for r in results["runs"]:
+        run = out / "dfs" / f"s{r['seed']}" / r["run"]
+        assert (run / "ckpt.pt").is_file() and (run / "tokens.csv").is_file()
+        assert set(r["by_size"]) == {str(n) for n in range(4, 13)}  # in and out of distribution
+        for key in ("r2_static", "r2_dynamic", "r2_position", "spearman_feature", "exact_match", "mean_depth"):
+            assert key in r
+    aggs = {a["run"]: a for a in results["aggregates"]}
+    assert set(aggs) == names
+    for a in aggs.values():
+        assert a["seeds"] == [0, 1]
+        seeds = [r["exact_match"] for r in results["runs"] if r["run"] == a["run"]]
+        assert a["exact_match"] == {"mean": pytest.approx(sum(seeds) / 2), "min": min(seeds), "max": max(seeds)}
+        assert set(a["by_size"]["12"]) >= {"exact_match", "mean_depth"}
+    assert "[16/" not in res.stdout and "[8/8]" in res.stdout  # progress, with elapsed and remaining time
+    assert "min left" in res.stdout
+
+
+def test_report_has_a_section_per_finding_beside_the_paper(quick):
+    out, _ = quick
+    text = (out / "report.md").read_text()
+    assert text.count("The paper") >= 3
+    for heading in ("### Accuracy against compute", "### Alignment", "### Decision timing",
+                    "### Extrapolation to larger sizes"):
+        assert heading in text
+    assert "**" in text  # a verdict
+
+
+def test_finished_runs_are_not_trained_again(quick):
+    out, _ = quick
+    ckpt = out / "dfs" / "s0" / "none-d1" / "ckpt.pt"
+    before = ckpt.stat().st_mtime_ns
+    study.main(["--quick", "--seeds", "0", "--regimes", "dfs", "--jobs", "1", "--num", "2", "--out", str(out)])
+    assert ckpt.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("args", [["--regimes", "nope"], ["--seeds", "a"], ["--jobs", "0"],
+                                  ["--ponders", "-1"]])
+def test_bad_input_is_one_line(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.parse_args(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
