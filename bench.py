@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 
 import torch
 
@@ -356,17 +357,11 @@ def tradeoff(args):
     env = dict(os.environ, **({"OMP_NUM_THREADS": "1"} if args.jobs > 1 else {}))
     print(f"{len(points)} runs in {out}, {args.jobs} at a time"
           + (" with one thread each" if args.jobs > 1 else ""), flush=True)
-    rows, t0 = [], time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        todo = [pool.submit(tradeoff_point, point, out, steps, train_flags, eval_flags, env) for point in points]
-        for done, future in enumerate(as_completed(todo), 1):
-            row = future.result()
-            rows.append(row)
-            elapsed = time.time() - t0
-            print(f"[{done}/{len(points)}] {row['run']}: exact-match {row['exact_match']} "
-                  f"(OOD {row['exact_match_ood']}) at mean depth {row['mean_depth']}, {row['minutes']} min "
-                  f"| {elapsed / 60:.1f} min, ~{elapsed / done * (len(points) - done) / 60:.0f} min left",
-                  flush=True)
+    rows = run_in_parallel([partial(tradeoff_point, point, out, steps, train_flags, eval_flags, env)
+                            for point in points], args.jobs,
+                           lambda row: f"{row['run']}: exact-match {row['exact_match']} (OOD "
+                                       f"{row['exact_match_ood']}) at mean depth {row['mean_depth']}, "
+                                       f"{row['minutes']} min")
     rows.sort(key=lambda r: (("none", "early", "online").index(r["router"]), r["max_depth"], r["ponder"] or 0))
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
         json.dump({"task": args.task, "chain_order": args.chain_order, "hints": args.hints == "on",
@@ -377,6 +372,19 @@ def tradeoff(args):
     title += ", hints" if args.hints == "on" else ""
     plotted = tradeoff_plot(rows, os.path.join(out, "tradeoff.png"), title)
     print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
+
+
+def run_in_parallel(calls, jobs, describe):
+    """Run the calls (functions of no argument) `jobs` at a time; print each
+    result as it comes, described, with the elapsed and remaining time."""
+    rows, t0 = [], time.time()
+    with ThreadPoolExecutor(jobs) as pool:
+        for done, future in enumerate(as_completed([pool.submit(call) for call in calls]), 1):
+            rows.append(future.result())
+            elapsed = time.time() - t0
+            print(f"[{done}/{len(calls)}] {describe(rows[-1])} | {elapsed / 60:.1f} min, "
+                  f"~{elapsed / done * (len(calls) - done) / 60:.0f} min left", flush=True)
+    return rows
 
 
 def tradeoff_point(point, out, steps, train_flags, eval_flags, env):

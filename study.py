@@ -21,15 +21,13 @@ never trained again (Ctrl-C, then the same command, resumes).
 import argparse
 import json
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 import analyze
 import bench
-import tasks
 import train
 
 PAPER = ("Our results show that compute allocation aligned with task complexity can emerge without "
@@ -58,16 +56,10 @@ def main(argv=None):
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     print(f"{len(jobs)} runs in {args.out}, {args.jobs} at a time, {threads} thread(s) each", flush=True)
-    rows, t0 = [], time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        todo = {pool.submit(run_point, regime, seed, point, args, env): (regime, seed) for regime, seed, point in jobs}
-        for done, future in enumerate(as_completed(todo), 1):
-            row = future.result()
-            rows.append(row)
-            elapsed = time.time() - t0
-            print(f"[{done}/{len(jobs)}] {row['regime']} seed {row['seed']} {row['run']}: exact-match "
-                  f"{row['exact_match']:.3f} at mean depth {row['mean_depth']:.2f} | {elapsed / 60:.1f} min, "
-                  f"~{elapsed / done * (len(jobs) - done) / 60:.0f} min left", flush=True)
+    rows = bench.run_in_parallel([partial(run_point, regime, seed, point, args, env) for regime, seed, point in jobs],
+                                 args.jobs, lambda row: f"{row['regime']} seed {row['seed']} {row['run']}: "
+                                                        f"exact-match {row['exact_match']:.3f} at mean depth "
+                                                        f"{row['mean_depth']:.2f}")
     rows.sort(key=lambda r: (r["regime"], ROUTER_ORDER.index(r["router"]), r["max_depth"], r["ponder"] or 0,
                              r["seed"]))
     results = {"seeds": args.seeds, "regimes": {r: REGIMES[r] for r in args.regimes},

@@ -299,12 +299,11 @@ def test_halted_tokens_training_counterfactual(router):
 
 @pytest.mark.parametrize("router", ["early", "online"])
 def test_counterfactual_forward_keeps_the_routed_logits_and_depths(router):
-    """evaluate.py reads the counterfactual exits from a forward with targets:
-    its logits and depths must be those of plain inference."""
+    """evaluate.py reads the exits of the counterfactual forward: its logits
+    and depths must be those of plain inference."""
     torch.manual_seed(6)
     m = perturb(make(router, seed=6)).eval()
     idx = torch.randint(0, V, (3, 16))
-    targets = torch.randint(0, V, idx.shape)
     adaptive = torch.ones_like(idx, dtype=torch.bool)
     with torch.no_grad():
         plain, counterfactual = m(idx, adaptive=adaptive), m(idx, adaptive=adaptive, counterfactual=True)
