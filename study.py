@@ -21,6 +21,7 @@ never trained again (Ctrl-C, then the same command, resumes).
 import argparse
 import json
 import os
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -42,7 +43,8 @@ REGIMES = {
     "dfs": dict(flags=["--task", "dfs"], steps=3000, sizes=(4, 8), ood_to=12, ponder=0.002,
                 feature="backtrack"),
     "lang-chase": dict(flags=["--task", "lang", "--chain-order", "reverse", "--hints", "on"], steps=4000,
-                       sizes=(4, 8), ood_to=10, ponder=0.03, feature="hops"),
+                       sizes=(4, 8), ood_to=10, ponder=0.03, feature="hops",
+                       longer=dict(max_depth=8, hops=8, size=10)),  # thinking longer: chains of up to 8 hops
 }
 ROUTER_ORDER = ("none", "early", "online")
 
@@ -97,7 +99,29 @@ def run_point(regime, seed, point, args, env):
     os.makedirs(out, exist_ok=True)
     row = bench.tradeoff_point(point, out, steps, train_flags, eval_flags, env)
     row.update(regime=regime, seed=seed, **findings(os.path.join(out, row["run"], "tokens.csv"), spec))
+    if "longer" in spec:
+        row["longer"] = thinking_longer(os.path.join(out, row["run"]), row["router"], spec["longer"], args, env)
     return row
+
+
+def thinking_longer(run, router, longer, args, env):
+    """References right and mean depth by hops on chains longer than any
+    trained on, with max_depth raised at test time: the router deciding
+    (online only: ANIRA-E cannot choose a depth it never had), every token at
+    max_depth, and each reference at exactly its hops (evaluate.py --depth)."""
+    out = {}
+    for depth in ("router", "max", "hops"):
+        if depth == "router" and router != "online":  # none's router is max; ANIRA-E cannot
+            continue
+        folder = os.path.join(run, f"longer-{depth}")
+        bench.run_logged([sys.executable, "evaluate.py", "--ckpt", os.path.join(run, "ckpt.pt"), "--depth", depth,
+                          "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
+                          "--sizes", str(longer["size"]), "--num", "3" if args.quick else str(args.num),
+                          "--device", args.device, "--out", folder], folder + ".log", env)
+        with open(os.path.join(folder, "summary.json")) as f:
+            out[depth] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"]}
+                          for h in json.load(f).get("by_hops", [])}
+    return out
 
 
 def findings(csv_path, spec):
@@ -170,6 +194,8 @@ def report(results, figures):
                              fmt(a.get("halted_too_early"))] for a in rows])
         L += [f"![{regime}]({os.path.basename(f)})" for f in figures if regime in f] + [""]
         L += section_alignment(rows, spec, best_fixed) + section_timing(rows) + section_extrapolation(rows)
+        if "longer" in spec:
+            L += section_longer(rows, spec)
     return "\n".join(L) + "\n"
 
 
@@ -218,6 +244,27 @@ def section_extrapolation(rows):
     sizes = sorted({n for a in rows for n in a.get("by_size", {})}, key=float)
     L += analyze.table(["run"] + sizes, [[a["run"]] + [size_cell(a, n) for n in sizes] for a in rows])
     return L + [""]
+
+
+def section_longer(rows, spec):
+    longer = spec["longer"]
+    L = ["### Thinking longer: chains longer than any trained on", "",
+         f"Trained on chains of at most 4 hops with max_depth as in its run; tested on {longer['size']} "
+         f"variables with chains of up to {longer['hops']} hops, max_depth raised to {longer['max_depth']} "
+         "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
+         "deciding, every token at max_depth, each reference at exactly its hops (the oracle).", ""]
+    hops = sorted({h for a in rows for mode in (a.get("longer") or {}).values() for h in mode}, key=int)
+    table = []
+    for a in rows:
+        for mode, by in (a.get("longer") or {}).items():
+            table.append([a["run"], mode] + [longer_cell(by.get(h)) for h in hops])
+    return L + analyze.table(["run", "depth"] + [f"{h} hops" for h in hops], table) + [""]
+
+
+def longer_cell(x):
+    if not x or not np.isfinite(x["reference_acc"]["mean"]):
+        return ""
+    return f"{fmt(x['reference_acc'])} @ {x['mean_depth']['mean']:.2f}"
 
 
 def size_cell(a, n):

@@ -70,3 +70,18 @@ def test_bad_input_is_one_line(args, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_lang_chase_reports_thinking_longer(tmp_path):
+    out = tmp_path / "s"
+    res = subprocess.run([sys.executable, "study.py", "--quick", "--seeds", "0", "--regimes", "lang-chase",
+                          "--jobs", "2", "--num", "2", "--out", str(out)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    runs = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert set(runs["online-p0.03"]["longer"]) == {"router", "max", "hops"}
+    assert set(runs["none-d2"]["longer"]) == set(runs["early-p0.03"]["longer"]) == {"max", "hops"}
+    for h, x in runs["none-d1"]["longer"]["hops"].items():  # the oracle runs each reference its hops
+        assert x["mean_depth"] == int(h)
+    assert max(int(h) for h in runs["none-d1"]["longer"]["max"]) > 4  # chains longer than trained
+    assert "### Thinking longer" in (out / "report.md").read_text()
