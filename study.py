@@ -65,7 +65,8 @@ def main(argv=None):
     rows.sort(key=lambda r: (r["regime"], ROUTER_ORDER.index(r["router"]), r["max_depth"], r["ponder"] or 0,
                              r["seed"]))
     results = {"seeds": args.seeds, "regimes": {r: REGIMES[r] for r in args.regimes},
-               "runs": rows, "aggregates": aggregate(rows)}
+               "runs": rows, "aggregates": aggregate(rows),
+               "speed": {r: generation_speed(r, args) for r in args.regimes}}
     analyze.write(Path(args.out) / "results.json",
                   json.dumps(analyze.nan_to_none(results), indent=1, allow_nan=False))
     figures = [f for regime in args.regimes if (f := plot_curve(rows, regime, args.out))]
@@ -122,6 +123,25 @@ def thinking_longer(run, router, longer, args, env):
             out[depth] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"]}
                           for h in json.load(f).get("by_hops", [])}
     return out
+
+
+def generation_speed(regime, args):
+    """Greedy generation of the first seed's routers (bench.py generate, once
+    every run is trained, so that nothing else shares the cores): tokens/s of
+    the routed model against the same weights at max_depth, which cost what
+    the fixed-depth model of max_depth costs. Measured once, then read back."""
+    path = os.path.join(args.out, regime, "speed.json")
+    if not os.path.isfile(path):
+        D = 2 if args.quick else args.max_depth
+        ponders = args.ponders or [REGIMES[regime]["ponder"]]
+        ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
+                 for router in ("early", "online") for p in ponders]
+        speed = ["--quick"] if args.quick else ["--rounds", "5", "--batch-sizes", "1,32"]
+        bench.run_logged([sys.executable, "bench.py", "generate", "--ckpt", *ckpts, "--json", path, *speed],
+                         path + ".log", dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1)))
+        print(f"generation speed of {regime} (D = {D}) in {path}", flush=True)
+    with open(path) as f:
+        return json.load(f)
 
 
 def findings(csv_path, spec):
@@ -196,6 +216,7 @@ def report(results, figures):
         L += section_alignment(rows, spec, best_fixed) + section_timing(rows) + section_extrapolation(rows)
         if "longer" in spec:
             L += section_longer(rows, spec)
+        L += section_speed(results["speed"].get(regime), rows, results["seeds"][0])
     return "\n".join(L) + "\n"
 
 
@@ -244,6 +265,27 @@ def section_extrapolation(rows):
     sizes = sorted({n for a in rows for n in a.get("by_size", {})}, key=float)
     L += analyze.table(["run"] + sizes, [[a["run"]] + [size_cell(a, n) for n in sizes] for a in rows])
     return L + [""]
+
+
+def section_speed(speed, rows, seed):
+    L = ["### Generation speed", "", "Is routed generation faster than the fixed-depth model of equal "
+         f"accuracy? `bench.py generate` on the routers of seed {seed}: tokens/s routed against the same "
+         "weights at max_depth (the cost of a fixed-depth model of that depth), the cores not shared; "
+         "exact-match as above (mean over seeds).", ""]
+    if not speed:
+        return L + ["Not measured.", ""]
+    exact = {a["run"]: a["exact_match"]["mean"] for a in rows}
+    table = []
+    for m in speed["models"]:
+        run = os.path.basename(os.path.dirname(m["model"]))
+        fixed = f"none-d{m['max_depth']}"
+        for r in m["rows"]:
+            tps = r["tokens_per_s"]
+            table.append([run, f"{exact.get(run, float('nan')):.3f}", f"{exact.get(fixed, float('nan')):.3f}",
+                          r["batch"], f"{m['decode_mean_depth']:.2f} of {m['max_depth']}", f"{tps['routed']:.0f}",
+                          f"{tps['full']:.0f}", f"{tps['routed'] / tps['full']:.2f}x"])
+    return L + analyze.table(["run", "its exact-match", "fixed max_depth's", "batch", "decoding depth",
+                              "tok/s routed", "tok/s at max_depth", "speed-up"], table) + [""]
 
 
 def section_longer(rows, spec):

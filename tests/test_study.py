@@ -49,9 +49,11 @@ def test_report_has_a_section_per_finding_beside_the_paper(quick):
     text = (out / "report.md").read_text()
     assert text.count("The paper") >= 3
     for heading in ("### Accuracy against compute", "### Alignment", "### Decision timing",
-                    "### Extrapolation to larger sizes"):
+                    "### Extrapolation to larger sizes", "### Generation speed"):
         assert heading in text
     assert "**" in text  # a verdict
+    speed = json.loads((out / "results.json").read_text())["speed"]["dfs"]
+    assert {m["router"] for m in speed["models"]} == {"early", "online"}
 
 
 def test_finished_runs_are_not_trained_again(quick):
