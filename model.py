@@ -164,7 +164,8 @@ class ANIRA(nn.Module):
     def recur(self, h0, halting, pos, cache=None, counterfactual=False):
         """The recurrence: token i runs d_i iterations of the shared block.
 
-            x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the depth embedding
+            x_k = s_{k-1} + e_k  (+ h0, + the fed-back prediction: iteration_input)
+                  s_0 = h0, e_k the embedding of iteration k
             s_k = block(x_k), attending to the keys and values of x_k at the
                   tokens still running and of the frozen state at halted ones
             a token halts after iteration k if its hazard h_k > halt_threshold
@@ -351,9 +352,10 @@ def language_model_loss(out, targets, exit_targets=None, weigh_by_depth=True):
     w_d = d (the late exits matter most, as in early-exit training). With
     hints, exit d is trained on its own step of the trace, every step
     weighing the same, as CLRS trains its hints: fixed depth 4 learned the
-    chase in 1 of 4 runs weighted by d, in 2 of 3 seeds with equal weights
-    (RESULTS.md, "Reliability across seeds"). Router none without hints: the
-    cross-entropy at max_depth, as any fixed-depth Transformer."""
+    chase in 1 of 4 runs with the exits weighted by d, more often with equal
+    weights (RESULTS.md, "A regime where depth is needed"). Router none
+    without hints: the cross-entropy at max_depth, as any fixed-depth
+    Transformer."""
     mask = targets != -1
     if exit_targets is None and not weigh_by_depth:
         return F.cross_entropy(out.logits[mask], targets[mask])
