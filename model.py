@@ -89,7 +89,6 @@ class ModelConfig:
     halt_threshold: float = 0.5
     early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
     depth_embed: bool = True  # add a learned embedding of the iteration k before each iteration
-    feedback: bool = False    # add the embedding of the previous exit's prediction to each iteration's input
 
 
 @dataclass
@@ -164,8 +163,7 @@ class ANIRA(nn.Module):
     def recur(self, h0, halting, pos, cache=None, counterfactual=False):
         """The recurrence: token i runs d_i iterations of the shared block.
 
-            x_k = s_{k-1} + e_k  (+ h0, + the fed-back prediction: iteration_input)
-                  s_0 = h0, e_k the embedding of iteration k
+            x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the embedding of iteration k
             s_k = block(x_k), attending to the keys and values of x_k at the
                   tokens still running and of the frozen state at halted ones
             a token halts after iteration k if its hazard h_k > halt_threshold
@@ -210,13 +208,8 @@ class ANIRA(nn.Module):
 
     def iteration_input(self, state, h0, k):
         """x_k: the state s_{k-1}, plus the embedding e_k of iteration k (unless
-        the step must not depend on k: depth_embed False), plus h0 with
-        reinject, plus with feedback the expected embedding of what exit k-1
-        predicts, E^T softmax(head(norm(s_{k-1}))): a chase's next hop then
-        looks up a token presented as an input, as a one-hop lookup does."""
+        the step must not depend on k: depth_embed False), plus h0 with reinject."""
         x = state + self.depth_embed[k] if self.cfg.depth_embed else state
-        if self.cfg.feedback and k > 0:
-            x = x + F.softmax(self.head(self.norm(state)), -1) @ self.embed.weight
         return x + h0 if self.cfg.reinject else x
 
     def positions(self, T, device, cache=None):

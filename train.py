@@ -31,9 +31,9 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 # defaults: a small model that trains on dfs in about 11 minutes on a 2-core
 # CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
-    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, hops_curriculum=0,
+    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
-    token_shift=2, depth_embed=True, feedback=False,
+    token_shift=2, depth_embed=True,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -153,10 +153,8 @@ def training_batch(step, rng, args, device):
     """This step's fresh examples as tensors: ids, next-token targets (-1: no
     loss), and, when the run asks for them, the prompt's targets
     (--prompt-loss) and each exit's target (--hints); else None."""
-    params = task_params(vars(args))
-    if args.hops_curriculum:
-        params["hops"] = hops_for_step(step, args)
-    batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size, **params)
+    batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
+                                  **task_params(vars(args)))
     idx, targets = tasks.make_batch(batch)[:2]
     prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
     exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
@@ -223,14 +221,6 @@ def mean_parts(parts):
     train_halt (the router's loss) and train_target_depth (the mean d* it is
     trained towards)."""
     return {f"train_{name}": round(float(np.mean(values)), 4) for name, values in parts.items()}
-
-
-def hops_for_step(step, args):
-    """lang with --hops-curriculum N: the longest chain of this step's batch,
-    growing from 2 hops (the shortest chase: one variable, then its value) to
-    --hops over the first N steps: short chases first."""
-    low = min(2, args.hops)
-    return low + round((args.hops - low) * min(1.0, step / args.hops_curriculum))
 
 
 def size_range_for_step(step, rng, args):
@@ -329,8 +319,8 @@ def pick_device(name):
 
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
-MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, feedback=False)
-RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "hops_curriculum")  # beside the model's config
+MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True)
+RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops")  # beside the model's config
 
 
 def load_checkpoint(path, args=None):
@@ -402,8 +392,6 @@ def parse_args(argv):
                         "(the variable it reaches, then the value), as CLRS trains on an "
                         "algorithm's intermediate states; router none then trains every exit too")
     p.add_argument("--hops", type=int, default=d["hops"], help="lang: the longest chain of bindings")
-    p.add_argument("--hops-curriculum", type=int, default=d["hops_curriculum"],
-                   help="lang: steps over which the longest chain grows from 2 hops to --hops (0: none)")
     p.add_argument("--d-model", type=int, default=d["d_model"])
     p.add_argument("--n-heads", type=int, default=d["n_heads"])
     p.add_argument("--n-prelude", type=int, default=d["n_prelude"], help="blocks before the recurrence")
@@ -418,8 +406,6 @@ def parse_args(argv):
     p.add_argument("--depth-embed", action=argparse.BooleanOptionalAction, default=d["depth_embed"],
                    help="--no-depth-embed: no learned embedding of the iteration k, so the "
                         "shared block's step does not depend on k")
-    p.add_argument("--feedback", action="store_true", default=d["feedback"],
-                   help="add the embedding of each exit's prediction to the next iteration's input")
     p.add_argument("--token-shift", type=int, default=d["token_shift"],
                    help="each input also sees this many previous tokens (0: off)")
     p.add_argument("--ponder", type=float, default=d["ponder"],
@@ -473,10 +459,10 @@ def parse_args(argv):
         fail("--early-input chooses what the early router reads: use it with --router early")
     if args.chain_order != "forward" and args.task != "lang":
         fail("--chain-order is a parameter of the lang task")
-    if args.task != "lang" and (args.hops != d["hops"] or args.hops_curriculum):
-        fail("--hops and --hops-curriculum are parameters of the lang task")
-    if args.hops < 1 or args.hops_curriculum < 0:
-        fail("--hops must be at least 1 and --hops-curriculum not negative")
+    if args.task != "lang" and args.hops != d["hops"]:
+        fail("--hops is a parameter of the lang task")
+    if args.hops < 1:
+        fail("--hops must be at least 1")
     args.hints = args.hints == "on"
     if args.hints and args.task != "lang":
         fail("--hints: only lang's chases have intermediate steps to supervise")

@@ -41,9 +41,8 @@ CONFIGS = [  # (router, share, reinject, other ModelConfig fields)
     ("online", True, True, {}),
     ("none", False, False, {}),
     ("online", True, False, {"depth_embed": False}),
-    ("online", True, False, {"feedback": True}),
 ]
-CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed", "online-feedback"]
+CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed"]
 
 
 def make(router="online", share=True, reinject=False, D=4, seed=0, **more):
@@ -832,17 +831,3 @@ def test_depth_embedding_ties_the_step_to_k_only_when_on(depth_embed):
         after = m(idx, route=False).logits
     assert torch.allclose(before, after, atol=EXACT) != depth_embed
 
-
-def test_feedback_adds_the_embedding_of_the_previous_prediction():
-    """With feedback, iteration k's input is s_{k-1} + e_k + E^T softmax(head(norm(s_{k-1})))."""
-    m = perturb(make("online", D=4, seed=16, feedback=True)).eval()
-    idx = torch.randint(0, V, (2, 12))
-    calls, handle = record_core_calls(m)
-    with torch.no_grad():
-        m(idx, route=False)
-        for k in range(1, 4):
-            s = calls[k - 1]["out"]
-            fed = F.softmax(m.head(m.norm(s)), -1) @ m.embed.weight
-            assert torch.allclose(calls[k]["x"], s + m.depth_embed[k] + fed, atol=EXACT)
-            assert fed.abs().max() > 1e-2  # a real term
-    handle.remove()

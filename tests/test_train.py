@@ -293,29 +293,15 @@ def test_curriculum_grows_the_largest_size(tmp_path):
         assert {lo for lo, _ in sizes} == set(range(4, top + 1))
 
 
-def test_hops_curriculum_grows_the_longest_chain():
-    args = train.parse_args(["--task", "lang", "--chain-order", "reverse", "--hints", "on",
-                             "--hops", "4", "--hops-curriculum", "100"])
+def test_hops_sets_the_longest_chain_of_lang():
+    args = train.parse_args(["--task", "lang", "--chain-order", "reverse", "--hints", "on", "--hops", "2"])
     rng = random.Random(0)
-    for step, top in ((0, 2), (50, 3), (100, 4), (5000, 4)):
-        assert train.hops_for_step(step, args) == top
-        idx, targets, prompt, exits = train.training_batch(step, rng, args, torch.device("cpu"))
-        assert prompt is None and exits.shape == (*idx.shape, args.max_depth)
-        examples = tasks.sample_examples("lang", random.Random(step), (4, 8), 200,
-                                         **{**train.task_params(vars(args)), "hops": top})
-        longest = max(f["hops"] for ex in examples for f in ex.features)
-        assert longest == top
-    # the batch itself: its chases are no longer than the step's longest chain
-    rng = random.Random(1)
-    for step, top in ((0, 2), (100, 4)):
-        _, targets, _, exits = train.training_batch(step, rng, args, torch.device("cpu"))
-        chased = (exits != targets[..., None]).sum(-1)  # exits that name a variable, not the answer
-        assert int(chased.max()) <= top - 1
-        if top == 4:
-            assert int(chased.max()) == 3
-    # without the curriculum, every step draws chains up to --hops
-    plain = train.parse_args(["--task", "lang", "--hops", "3"])
-    assert train.task_params(vars(plain))["hops"] == 3
+    _, targets, prompt, exits = train.training_batch(0, rng, args, torch.device("cpu"))
+    assert prompt is None and exits.shape == (*targets.shape, args.max_depth)
+    chased = (exits != targets[..., None]).sum(-1)  # exits that name a variable, not the answer
+    assert int(chased.max()) == 1  # chains of at most 2 hops: one variable, then the value
+    with pytest.raises(SystemExit):
+        train.parse_args(["--task", "dfs", "--hops", "3"])
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, capsys):
