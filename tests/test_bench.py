@@ -61,6 +61,8 @@ def test_generate_quick_writes_every_measure(tmp_path, monkeypatch):
             assert all(v > 0 for v in row["tokens_per_s"].values())
             assert 0 < row["prompt_share"] < 1
             assert 0 < row["ideal"] <= 1
-            assert row["decode_ratio"] > 0 and row["end_to_end_ratio"] > 0
+            # decoding time = whole generation - prompt alone: with --quick's one round on
+            # a busy machine that difference is noise and may even be negative
+            assert math.isfinite(row["decode_ratio"]) and row["end_to_end_ratio"] > 0
             assert (row["skip_efficiency"] is None) == (row["ideal"] == 1)
             assert (row["iteration_seconds"] is None) == (m["fixed_depth"] == 1)
