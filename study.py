@@ -43,7 +43,7 @@ REGIMES = {
     "dfs": dict(flags=["--task", "dfs"], steps=3000, sizes=(4, 8), ood_to=12, ponder=0.002,
                 feature="backtrack"),
     # lr 1e-3: at the default 3e-3 the chase formed in only some seeds, and late, once the
-    # learning rate had decayed; at 1e-3 online halting learned it in 4 of 4 seeds
+    # learning rate had decayed; at 1e-3 online halting learned it in 4 of 5 seeds
     # (RESULTS.md, "Reliability across seeds")
     "lang-chase": dict(flags=["--task", "lang", "--chain-order", "reverse", "--hints", "on", "--lr", "1e-3",
                               "--min-lr", "1e-4"], steps=4000,
