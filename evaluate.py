@@ -196,9 +196,7 @@ def load_model(ckpt, max_depth=None, depth="router"):
         if cfg.router == "early":
             fail(f"--max-depth {max_depth}: ANIRA-E chooses among the depths 1..{trained} it was trained "
                  f"with and cannot choose another; --depth max runs every token to {max_depth}")
-        last = state["depth_embed"][-1:]
-        state["depth_embed"] = torch.cat([state["depth_embed"], last.expand(max(0, max_depth - trained), -1)])
-        state["depth_embed"] = state["depth_embed"][:max_depth]
+        state["depth_embed"] = state["depth_embed"][[min(k, trained - 1) for k in range(max_depth)]]
         cfg.max_depth = max_depth
     model = ANIRA(cfg)
     model.load_state_dict(state)
@@ -246,7 +244,7 @@ def parse_args(argv):
     p.add_argument("--num", type=int, default=200, help="examples per size")
     p.add_argument("--max-depth", type=int, default=None,
                    help="iterations at most, default as trained; more tests thinking longer "
-                        "(router none and online; early only with --depth max)")
+                        "(router none and online; early only with --depth max or hops)")
     p.add_argument("--depth", choices=list(DEPTHS), default="router",
                    help="; ".join(f"{k}: {v}" for k, v in DEPTHS.items()))
     p.add_argument("--hops", type=int, default=None,
