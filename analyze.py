@@ -148,6 +148,7 @@ def analyze(d):
         "depth_by_feature": {f: by_value(X[:, names.index(f)], y, d["correct"], needed) for f in shown},
         "depth_by_n": by_value(d["n"], y, d["correct"]),
         "by_size": by_size, "by_size_source": source, "train_sizes": train_sizes,
+        "train_hops": ((d["summary"] or {}).get("trained_task_params") or {}).get("hops"),
         "depth_vs_needed": vs_needed,
         "notes": notes,
     }
@@ -506,8 +507,38 @@ def plots(runs, labels, outdir):
     fig.tight_layout()
     fig.savefig(outdir / "size.png", dpi=100)
     plt.close(fig)
-    return ["## Figures", "", "![mean depth against features](depth_vs_features.png)", "",
-            "![exact match and mean depth against size](size.png)", ""]
+    lines = ["## Figures", "", "![mean depth against features](depth_vs_features.png)", "",
+             "![exact match and mean depth against size](size.png)", ""]
+    if any(r["task"] == "lang" and "hops" in r["depth_by_feature"] for _, r in runs):
+        plot_hops(plt, runs, labels, outdir / "hops.png")
+        lines += ["![reference accuracy and mean depth against hops](hops.png)", ""]
+    return lines
+
+
+def plot_hops(plt, runs, labels, path):
+    """lang: references right and mean depth against the hops of their chase,
+    the hops trained on shaded: does iterating longer resolve longer chains?"""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    trained = []
+    for (_, r), label in zip(runs, labels):
+        xs = [x for x in r["depth_by_feature"].get("hops", []) if x["value"] >= 1]  # hops 0: not a reference
+        if r["task"] != "lang" or not xs:
+            continue
+        trained.append(r["train_hops"])
+        hops = [x["value"] for x in xs]
+        axes[0].plot(hops, [x["token_acc"] for x in xs], "o-", ms=3, label=label)
+        axes[1].plot(hops, [x["mean_depth"] for x in xs], "o-", ms=3, label=label)
+    top = max(x["value"] for _, r in runs for x in r["depth_by_feature"].get("hops", []))
+    axes[1].plot([1, top], [1, top], ":", color="grey", label="one iteration per hop")
+    for ax, ylabel in zip(axes, ["references right", "mean depth"]):
+        if trained and None not in trained:
+            ax.axvspan(0.5, max(trained) + 0.5, color="grey", alpha=0.15, lw=0)
+        ax.set(xlabel="hops", ylabel=ylabel)
+    axes[0].set_title("shaded: the hops trained on", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------

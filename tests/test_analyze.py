@@ -238,8 +238,31 @@ def test_cli_two_csvs_json_report_and_plots(tmp_path):
     assert "| --- |" in p.stdout
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "early" / "size.png").exists() and "size.png" in report
+        assert not (tmp_path / "early" / "hops.png").exists()  # dfs has no chains
     else:
         assert "Plots skipped" in p.stdout and "Plots skipped" in report
+
+
+def test_lang_hops_figure_and_the_hops_trained_on(tmp_path):
+    """lang: references by hops (thinking longer) drawn, the trained hops from summary.json."""
+    rng = np.random.default_rng(4)
+    N = 800
+    hops = rng.integers(0, 9, N)
+    f = {"kind": np.where(hops > 0, 2, 0), "hops": hops, "distance": rng.integers(1, 30, N),
+         "n_vars": np.full(N, 10), "distractors": np.full(N, 5), "step": rng.integers(0, 17, N)}
+    path = write_csv(tmp_path / "tokens.csv", f, np.maximum(hops, 1), f["n_vars"], task="lang", router="online",
+                     correct=(hops <= 5).astype(int))
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "task": "lang", "router": "online", "train_sizes": [4, 8], "trained_task_params": {"hops": 4},
+        "sizes": [{"n": 10, "ood": True, "token_acc": 0.9, "exact_match": 0.5, "mean_depth": 2.0, "num": 100}]}))
+    p = cli(path, "--json", tmp_path / "all.json", "--plots")
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "all.json").read_text())["files"][str(path)]
+    assert d["train_hops"] == 4
+    by_hops = {x["value"]: x for x in d["depth_by_feature"]["hops"]}
+    assert by_hops[5]["token_acc"] == 1 and by_hops[6]["token_acc"] == 0 and by_hops[7]["mean_depth"] == 7
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "hops.png").exists() and "hops.png" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("case", ["missing", "no_depth", "few_rows", "not_numeric"])

@@ -325,6 +325,7 @@ def test_the_hops_oracle_runs_each_reference_its_hops(tmp_path, capsys):
         assert int(r["depth"]) == max(1, int(r["hops"]))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["max_depth"] == 6 and summary["trained_max_depth"] == 4 and summary["depth"] == "hops"
+    assert summary["task_params"]["hops"] == 6 and summary["trained_task_params"]["hops"] == 4
     refs = [r for r in rows if int(r["kind"]) == tasks.REFERENCE]
     for h in summary["by_hops"]:
         of_h = [r for r in refs if int(r["hops"]) == h["hops"]]
