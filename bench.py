@@ -40,6 +40,7 @@ from functools import partial
 
 import torch
 
+import evaluate
 import tasks
 import train
 from model import ROUTERS, ANIRA, ModelConfig
@@ -402,8 +403,7 @@ def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
         resume = ["--resume"] if os.path.isfile(os.path.join(run, "ckpt.pt")) else []
         run_logged([sys.executable, "train.py"] + flags + resume, run + ".train.log", env)
         log = read_jsonl(os.path.join(run, "log.jsonl"))
-    run_logged([sys.executable, "evaluate.py", "--ckpt", os.path.join(run, "ckpt.pt")] + eval_flags,
-               run + ".eval.log", env)
+    evaluate_once(os.path.join(run, "ckpt.pt"), eval_flags + ["--out", run], run + ".eval.log", env)
     with open(os.path.join(run, "summary.json")) as f:
         summary = json.load(f)
     inside, outside = summary["in_distribution"], summary["ood"]
@@ -413,6 +413,18 @@ def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
     if "reference_acc" in inside:  # lang: the share of values resolved through their chains
         row.update(reference_acc=inside["reference_acc"], reference_acc_ood=outside["reference_acc"])
     return row
+
+
+def evaluate_once(ckpt, flags, log_path, env):
+    """evaluate.py on ckpt, unless its summary.json was written after the
+    checkpoint by the same arguments: a resumed sweep re-evaluates nothing."""
+    args = evaluate.parse_args(["--ckpt", ckpt] + flags)
+    summary_path = os.path.join(args.out or os.path.dirname(os.path.abspath(ckpt)), "summary.json")
+    if os.path.isfile(summary_path) and os.path.getmtime(summary_path) >= os.path.getmtime(ckpt):
+        with open(summary_path) as f:
+            if json.load(f).get("args") == json.loads(json.dumps(vars(args))):
+                return
+    run_logged([sys.executable, "evaluate.py", "--ckpt", ckpt] + flags, log_path, env)
 
 
 def run_logged(cmd, log_path, env):

@@ -80,7 +80,8 @@ def main(argv=None):
     summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
                "ckpt": args.ckpt, "step": ckpt["step"], "max_depth": model.cfg.max_depth,
                "trained_max_depth": ckpt["model_config"]["max_depth"], "depth": args.depth,
-               "task_params": params, "trained_task_params": task_params(config), "sizes": []}
+               "task_params": params, "trained_task_params": task_params(config),
+               "args": vars(args), "sizes": []}  # args: a resumed study knows what this summary measured
     references = "kind" in features  # lang: also the accuracy of resolved values
     print(f"\n{'n':>4} {'':4} {'token acc':>9} {'exact':>7} {'mean depth':>10}"
           + (f" {'reference acc':>13}" if references else ""))

@@ -95,7 +95,7 @@ def run_point(regime, seed, point, args, env):
     steps = 6 if args.quick else spec["steps"]
     train_flags = spec["flags"] + ["--sizes", f"{lo}-{hi}", "--max-iters", str(steps), "--seed", str(seed),
                                    "--device", args.device]
-    eval_flags = ["--sizes", f"{lo}-{spec['ood_to']}", "--num", "3" if args.quick else str(args.num),
+    eval_flags = ["--sizes", f"{lo}-{spec['ood_to']}", "--num", str(args.num),
                   "--device", args.device]
     if args.quick:
         train_flags += ["--eval-every", "3", "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2",
@@ -119,10 +119,10 @@ def thinking_longer(run, router, longer, args, env):
         if depth == "router" and router != "online":  # none's router is max; ANIRA-E cannot
             continue
         folder = os.path.join(run, f"longer-{depth}")
-        bench.run_logged([sys.executable, "evaluate.py", "--ckpt", os.path.join(run, "ckpt.pt"), "--depth", depth,
-                          "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
-                          "--sizes", str(longer["size"]), "--num", "3" if args.quick else str(args.num),
-                          "--device", args.device, "--out", folder], folder + ".log", env)
+        bench.evaluate_once(os.path.join(run, "ckpt.pt"), ["--depth", depth, "--max-depth", str(longer["max_depth"]),
+                                                          "--hops", str(longer["hops"]), "--sizes", str(longer["size"]),
+                                                          "--num", str(args.num),
+                                                          "--device", args.device, "--out", folder], folder + ".log", env)
         with open(os.path.join(folder, "summary.json")) as f:
             out[depth] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"]}
                           for h in json.load(f).get("by_hops", [])}
@@ -367,7 +367,7 @@ def parse_args(argv):
     p.add_argument("--ponders", default=None,
                    help="comma-separated --ponder values of the routers (default: the regime's)")
     p.add_argument("--max-depth", type=int, default=4)
-    p.add_argument("--num", type=int, default=100, help="evaluation examples per size")
+    p.add_argument("--num", type=int, default=None, help="evaluation examples per size (default 100, 3 with --quick)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once; the cores are split among them")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (every run)")
     p.add_argument("--quick", action="store_true", help="a tiny model, a few steps: proves the pipeline")
@@ -382,6 +382,7 @@ def parse_args(argv):
         args.ponders = [float(x) for x in args.ponders.split(",")] if args.ponders else None
     except ValueError:
         train.fail("--seeds takes integers like 0,1,2 and --ponders numbers like 0.002,0.03")
+    args.num = (3 if args.quick else 100) if args.num is None else args.num
     if min(args.jobs, args.max_depth, args.num) < 1 or (args.ponders and min(args.ponders) < 0):
         train.fail("--jobs, --max-depth and --num must be at least 1, --ponders not negative")
     args.out = args.out or ("study-quick" if args.quick else "study")

@@ -59,10 +59,11 @@ def test_generate_quick_writes_every_measure(tmp_path, monkeypatch):
         for row in m["rows"]:
             assert set(row["tokens_per_s"]) == {"routed", "full", "fixed", "depth1"}
             assert all(v > 0 for v in row["tokens_per_s"].values())
-            assert 0 < row["prompt_share"] < 1
             assert 0 < row["ideal"] <= 1
             # decoding time = whole generation - prompt alone: with --quick's one round on
-            # a busy machine that difference is noise and may even be negative
+            # a busy machine that difference is noise and may even be negative (and the
+            # prompt's share of the time above 1: measured 2.35 beside two training runs)
+            assert row["prompt_share"] > 0
             assert math.isfinite(row["decode_ratio"]) and row["end_to_end_ratio"] > 0
             assert (row["skip_efficiency"] is None) == (row["ideal"] == 1)
             assert (row["iteration_seconds"] is None) == (m["fixed_depth"] == 1)

@@ -56,12 +56,16 @@ def test_report_has_a_section_per_finding_beside_the_paper(quick):
     assert {m["router"] for m in speed["models"]} == {"early", "online"}
 
 
-def test_finished_runs_are_not_trained_again(quick):
+def test_finished_runs_are_not_trained_or_evaluated_again(quick):
     out, _ = quick
-    ckpt = out / "dfs" / "s0" / "none-d1" / "ckpt.pt"
-    before = ckpt.stat().st_mtime_ns
+    ckpt, summary = (out / "dfs" / "s0" / "none-d1" / name for name in ("ckpt.pt", "summary.json"))
+    before = ckpt.stat().st_mtime_ns, summary.stat().st_mtime_ns
     study.main(["--quick", "--seeds", "0", "--regimes", "dfs", "--jobs", "1", "--num", "2", "--out", str(out)])
-    assert ckpt.stat().st_mtime_ns == before
+    assert (ckpt.stat().st_mtime_ns, summary.stat().st_mtime_ns) == before
+    # other evaluation arguments: evaluated again, never trained again
+    study.main(["--quick", "--seeds", "0", "--regimes", "dfs", "--jobs", "1", "--num", "3", "--out", str(out)])
+    assert ckpt.stat().st_mtime_ns == before[0] and summary.stat().st_mtime_ns > before[1]
+    assert json.loads(summary.read_text())["args"]["num"] == 3
 
 
 @pytest.mark.parametrize("args", [["--regimes", "nope"], ["--seeds", "a"], ["--jobs", "0"],
