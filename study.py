@@ -221,7 +221,7 @@ def report(results, figures):
         if "longer" in spec:
             L += section_longer(rows, spec)
         L += section_speed(results["speed"].get(regime), rows, results["seeds"][0])
-    return "\n".join(L) + "\n"
+    return "\n".join(L + section_cost(results["runs"], aggs)) + "\n"
 
 
 def section_alignment(rows, spec, best_fixed):
@@ -290,6 +290,17 @@ def section_speed(speed, rows, seed):
                           f"{tps['full']:.0f}", f"{tps['routed'] / tps['full']:.2f}x"])
     return L + analyze.table(["run", "its exact-match", "fixed max_depth's", "batch", "decoding depth",
                               "tok/s routed", "tok/s at max_depth", "speed-up"], table) + [""]
+
+
+def section_cost(runs, aggs):
+    """Where the study's time goes: training minutes per run (train.py's clock,
+    the cores shared by the runs going at once), and their total."""
+    L = ["## Cost", "", f"Training minutes of every run as train.py logged them, {sum(r['minutes'] for r in runs):.0f} "
+         "in all (runs going --jobs at a time share the cores; evaluations come on top).", ""]
+    return L + analyze.table(["regime", "run", "minutes per seed", "minutes, all seeds"],
+                             [[a["regime"], a["run"], fmt(a["minutes"]),
+                               f"{sum(r['minutes'] for r in runs if (r['regime'], r['run']) == (a['regime'], a['run'])):.0f}"]
+                              for a in aggs]) + [""]
 
 
 def section_longer(rows, spec):

@@ -52,6 +52,11 @@ def test_report_has_a_section_per_finding_beside_the_paper(quick):
                     "### Extrapolation to larger sizes", "### Generation speed"):
         assert heading in text
     assert "**" in text  # a verdict
+    # where the time goes: every run's training minutes, and their total
+    results = json.loads((out / "results.json").read_text())
+    total = sum(r["minutes"] for r in results["runs"])
+    assert f"{total:.0f} in all" in text.split("## Cost")[1]
+    assert all(f"| dfs | {name} |" in text for name in ("none-d1", "none-d2", "early-p0.002", "online-p0.002"))
     speed = json.loads((out / "results.json").read_text())["speed"]["dfs"]
     assert {m["router"] for m in speed["models"]} == {"early", "online"}
 
