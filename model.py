@@ -89,6 +89,7 @@ class ModelConfig:
     halt_threshold: float = 0.5
     early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
     depth_embed: bool = True  # add a learned embedding of the iteration k before each iteration
+    norm_state: bool = False  # LayerNorm the state before each iteration: its scale stops growing with k
 
 
 @dataclass
@@ -116,6 +117,9 @@ class ANIRA(nn.Module):
         self.prelude = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(cfg.n_prelude))
         self.core = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(1 if cfg.share else D))
         self.depth_embed = nn.Parameter(torch.randn(D, C) * 0.02)
+        # the residual state grows with every iteration (RMS about 1.5 -> 5 over 8 of them), so
+        # without this norm the block's input at iteration k also depends on k
+        self.state_norm = nn.LayerNorm(C) if cfg.norm_state else None
         self.norm = nn.LayerNorm(C)
         self.head = nn.Linear(C, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied, as in nanoGPT
@@ -164,6 +168,7 @@ class ANIRA(nn.Module):
         """The recurrence: token i runs d_i iterations of the shared block.
 
             x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the embedding of iteration k
+                  (s_{k-1} LayerNormed first with norm_state)
             s_k = block(x_k), attending to the keys and values of x_k at the
                   tokens still running and of the frozen state at halted ones
             a token halts after iteration k if its hazard h_k > halt_threshold
@@ -207,8 +212,10 @@ class ANIRA(nn.Module):
         return visible, depth, exits
 
     def iteration_input(self, state, h0, k):
-        """x_k: the state s_{k-1}, plus the embedding e_k of iteration k (unless
-        the step must not depend on k: depth_embed False), plus h0 with reinject."""
+        """x_k: the state s_{k-1} (normalized with norm_state), plus the
+        embedding e_k of iteration k (unless the step must not depend on k:
+        depth_embed False), plus h0 with reinject."""
+        state = self.state_norm(state) if self.cfg.norm_state else state
         x = state + self.depth_embed[k] if self.cfg.depth_embed else state
         return x + h0 if self.cfg.reinject else x
 

@@ -33,7 +33,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
-    token_shift=2, depth_embed=True,
+    token_shift=2, depth_embed=True, norm_state=False,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -319,7 +319,7 @@ def pick_device(name):
 
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
-MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True)
+MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False)
 RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops")  # beside the model's config
 
 
@@ -406,6 +406,9 @@ def parse_args(argv):
     p.add_argument("--depth-embed", action=argparse.BooleanOptionalAction, default=d["depth_embed"],
                    help="--no-depth-embed: no learned embedding of the iteration k, so the "
                         "shared block's step does not depend on k")
+    p.add_argument("--norm-state", action="store_true", default=d["norm_state"],
+                   help="LayerNorm the state before every iteration, so that its scale does not grow "
+                        "with the iteration k (thinking longer)")
     p.add_argument("--token-shift", type=int, default=d["token_shift"],
                    help="each input also sees this many previous tokens (0: off)")
     p.add_argument("--ponder", type=float, default=d["ponder"],

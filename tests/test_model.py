@@ -41,8 +41,10 @@ CONFIGS = [  # (router, share, reinject, other ModelConfig fields)
     ("online", True, True, {}),
     ("none", False, False, {}),
     ("online", True, False, {"depth_embed": False}),
+    ("online", True, False, {"depth_embed": False, "norm_state": True}),
 ]
-CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed"]
+CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed",
+              "online-norm-state"]
 
 
 def make(router="online", share=True, reinject=False, D=4, seed=0, **more):
@@ -817,6 +819,26 @@ def test_bad_configs_raise():
         ANIRA(ModelConfig(d_model=32, n_heads=2, share=False, router="early"))
     m = ANIRA(ModelConfig(d_model=32, n_heads=2, max_depth=3, share=False, router="none"))
     assert len(m.core) == 3
+
+
+def test_norm_state_feeds_every_iteration_the_normalized_state():
+    """With norm_state (train.py --norm-state) iteration k reads LayerNorm(s_{k-1}),
+    in training (every token) and at inference (the running ones)."""
+    m = perturb(make("online", D=4, seed=16, depth_embed=False, norm_state=True))
+    with torch.no_grad():
+        m.state_norm.weight.normal_(1.0, 0.5)
+        m.state_norm.bias.normal_(0.0, 0.5)
+    idx = torch.randint(0, V, (2, 12))
+    for train_mode in (True, False):
+        calls, handle = record_core_calls(m.train(train_mode))
+        with torch.no_grad():
+            trained(m, idx, torch.randint(0, V, idx.shape)) if train_mode else m(idx)
+        handle.remove()
+        assert len(calls) >= 2
+        for k in range(1, len(calls)):
+            rows = rows_of(calls[k - 1])
+            before = calls[k - 1]["out"][[rows[int(i)] for i in calls[k]["run"]]]
+            assert torch.allclose(calls[k]["x"], m.state_norm(before), atol=EXACT)
 
 
 @pytest.mark.parametrize("depth_embed", [True, False])
