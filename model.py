@@ -118,7 +118,8 @@ class ANIRA(nn.Module):
         self.core = nn.ModuleList(Block(C, cfg.n_heads) for _ in range(1 if cfg.share else D))
         self.depth_embed = nn.Parameter(torch.randn(D, C) * 0.02)
         # the residual state grows with every iteration (RMS about 1.5 -> 5 over 8 of them), so
-        # without this norm the block's input at iteration k also depends on k
+        # without this norm the block's input at iteration k also depends on k. Measured on lang
+        # (seed 0): the scale stays flat, but chains longer than trained were not resolved better
         self.state_norm = nn.LayerNorm(C) if cfg.norm_state else None
         self.norm = nn.LayerNorm(C)
         self.head = nn.Linear(C, cfg.vocab_size, bias=False)
