@@ -295,11 +295,13 @@ def section_speed(speed, rows, seed):
 def section_cost(runs, aggs):
     """Where the study's time goes: training minutes per run (train.py's clock,
     the cores shared by the runs going at once), and their total."""
-    L = ["## Cost", "", f"Training minutes of every run as train.py logged them, {sum(r['minutes'] for r in runs):.0f} "
-         "in all (runs going --jobs at a time share the cores; evaluations come on top).", ""]
+    total = {}
+    for r in runs:
+        total[r["regime"], r["run"]] = total.get((r["regime"], r["run"]), 0) + r["minutes"]
+    L = ["## Cost", "", f"Training minutes of every run as train.py logged them, {sum(total.values()):.0f} in all "
+         "(runs going --jobs at a time share the cores; evaluations come on top).", ""]
     return L + analyze.table(["regime", "run", "minutes per seed", "minutes, all seeds"],
-                             [[a["regime"], a["run"], fmt(a["minutes"]),
-                               f"{sum(r['minutes'] for r in runs if (r['regime'], r['run']) == (a['regime'], a['run'])):.0f}"]
+                             [[a["regime"], a["run"], fmt(a["minutes"]), f"{total[a['regime'], a['run']]:.0f}"]
                               for a in aggs]) + [""]
 
 
