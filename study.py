@@ -119,10 +119,9 @@ def thinking_longer(run, router, longer, args, env):
         if depth == "router" and router != "online":  # none's router is max; ANIRA-E cannot
             continue
         folder = os.path.join(run, f"longer-{depth}")
-        bench.evaluate_once(os.path.join(run, "ckpt.pt"), ["--depth", depth, "--max-depth", str(longer["max_depth"]),
-                                                          "--hops", str(longer["hops"]), "--sizes", str(longer["size"]),
-                                                          "--num", str(args.num),
-                                                          "--device", args.device, "--out", folder], folder + ".log", env)
+        flags = ["--depth", depth, "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
+                 "--sizes", str(longer["size"]), "--num", str(args.num), "--device", args.device, "--out", folder]
+        bench.evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
         with open(os.path.join(folder, "summary.json")) as f:
             out[depth] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"]}
                           for h in json.load(f).get("by_hops", [])}

@@ -832,7 +832,10 @@ def test_norm_state_feeds_every_iteration_the_normalized_state():
     for train_mode in (True, False):
         calls, handle = record_core_calls(m.train(train_mode))
         with torch.no_grad():
-            trained(m, idx, torch.randint(0, V, idx.shape)) if train_mode else m(idx)
+            if train_mode:
+                trained(m, idx, torch.randint(0, V, idx.shape))
+            else:
+                m(idx)
         handle.remove()
         assert len(calls) >= 2
         for k in range(1, len(calls)):
