@@ -256,9 +256,11 @@ def section_timing(rows):
         online_dynamic = o["r2_dynamic"]["mean"] > o["r2_static"]["mean"]
         verdict = "reproduced" if early_static and online_dynamic else \
             "reversed" if not early_static and not online_dynamic else "not reproduced"
-        L += ["", f"Early leans on {'static' if early_static else 'dynamic'} cues, online on "
-              f"{'dynamic' if online_dynamic else 'static'} ones: **{verdict}**."]
-    return L + [""]
+        ratio = {r: a["r2_static"]["mean"] / a["r2_dynamic"]["mean"] for r, a in (("early", e), ("online", o))}
+        L += [f"Early leans on {'static' if early_static else 'dynamic'} cues, online on "
+              f"{'dynamic' if online_dynamic else 'static'} ones (R^2 static over dynamic: early "
+              f"{ratio['early']:.2f}, online {ratio['online']:.2f}): **{verdict}**.", ""]
+    return L
 
 
 def section_extrapolation(rows):
@@ -266,8 +268,7 @@ def section_extrapolation(rows):
          "sizes despite allocating additional computation\". Exact-match @ mean depth by size (OOD: not "
          "trained on).", ""]
     sizes = sorted({n for a in rows for n in a.get("by_size", {})}, key=float)
-    L += analyze.table(["run"] + sizes, [[a["run"]] + [size_cell(a, n) for n in sizes] for a in rows])
-    return L + [""]
+    return L + analyze.table(["run"] + sizes, [[a["run"]] + [size_cell(a, n) for n in sizes] for a in rows])
 
 
 def section_speed(speed, rows, seed):
@@ -288,7 +289,7 @@ def section_speed(speed, rows, seed):
                           r["batch"], f"{m['decode_mean_depth']:.2f} of {m['max_depth']}", f"{tps['routed']:.0f}",
                           f"{tps['full']:.0f}", f"{tps['routed'] / tps['full']:.2f}x"])
     return L + analyze.table(["run", "its exact-match", "fixed max_depth's", "batch", "decoding depth",
-                              "tok/s routed", "tok/s at max_depth", "speed-up"], table) + [""]
+                              "tok/s routed", "tok/s at max_depth", "speed-up"], table)
 
 
 def section_cost(runs, aggs):
@@ -300,8 +301,8 @@ def section_cost(runs, aggs):
     L = ["## Cost", "", f"Training minutes of every run as train.py logged them, {sum(total.values()):.0f} in all "
          "(runs going --jobs at a time share the cores; evaluations come on top).", ""]
     return L + analyze.table(["regime", "run", "minutes per seed", "minutes, all seeds"],
-                             [[a["regime"], a["run"], fmt(a["minutes"]), f"{total[a['regime'], a['run']]:.0f}"]
-                              for a in aggs]) + [""]
+                             [[a["regime"], a["run"], fmt(a["minutes"], "min"),
+                              f"{total[a['regime'], a['run']]:.0f}"] for a in aggs])
 
 
 def section_longer(rows, spec):
@@ -316,7 +317,7 @@ def section_longer(rows, spec):
     for a in rows:
         for mode, by in (a.get("longer") or {}).items():
             table.append([a["run"], mode] + [longer_cell(by.get(h)) for h in hops])
-    return L + analyze.table(["run", "depth"] + [f"{h} hops" for h in hops], table) + [""]
+    return L + analyze.table(["run", "depth"] + [f"{h} hops" for h in hops], table)
 
 
 def longer_cell(x):
@@ -332,10 +333,10 @@ def size_cell(a, n):
 
 def fmt(x, unit=""):
     """mean [min, max] of a spread over seeds (one number if they agree); unit
-    "%" for shares already in percent."""
+    "%" for shares already in percent, "min" for minutes."""
     if x is None or not np.isfinite(x["mean"]):
         return "n/a"
-    f = (lambda v: f"{v:.1f}%") if unit == "%" else (lambda v: f"{v:.3f}")
+    f = {"%": lambda v: f"{v:.1f}%", "min": lambda v: f"{v:.1f}"}.get(unit, lambda v: f"{v:.3f}")
     if x["min"] == x["max"]:
         return f(x["mean"])
     return f"{f(x['mean'])} [{f(x['min'])}, {f(x['max'])}]"
