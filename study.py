@@ -256,7 +256,8 @@ def section_timing(rows):
         online_dynamic = o["r2_dynamic"]["mean"] > o["r2_static"]["mean"]
         verdict = "reproduced" if early_static and online_dynamic else \
             "reversed" if not early_static and not online_dynamic else "not reproduced"
-        ratio = {r: a["r2_static"]["mean"] / a["r2_dynamic"]["mean"] for r, a in (("early", e), ("online", o))}
+        ratio = {r: a["r2_static"]["mean"] / a["r2_dynamic"]["mean"] if a["r2_dynamic"]["mean"] > 0 else np.nan
+                 for r, a in (("early", e), ("online", o))}
         L += [f"Early leans on {'static' if early_static else 'dynamic'} cues, online on "
               f"{'dynamic' if online_dynamic else 'static'} ones (R^2 static over dynamic: early "
               f"{ratio['early']:.2f}, online {ratio['online']:.2f}): **{verdict}**.", ""]
@@ -317,7 +318,7 @@ def section_longer(rows, spec):
     for a in rows:
         for mode, by in (a.get("longer") or {}).items():
             table.append([a["run"], mode] + [longer_cell(by.get(h)) for h in hops])
-    return L + analyze.table(["run", "depth"] + [f"{h} hops" for h in hops], table)
+    return L + analyze.table(["run", "depth"] + [f"{h} hop{'' if h == '1' else 's'}" for h in hops], table)
 
 
 def longer_cell(x):
