@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -379,12 +380,19 @@ def run_in_parallel(calls, jobs, describe):
     """Run the calls (functions of no argument) `jobs` at a time; print each
     result as it comes, described, with the elapsed and remaining time."""
     rows, t0 = [], time.time()
-    with ThreadPoolExecutor(jobs) as pool:
+    pool = ThreadPoolExecutor(jobs)
+    try:
         for done, future in enumerate(as_completed([pool.submit(call) for call in calls]), 1):
             rows.append(future.result())
             elapsed = time.time() - t0
             print(f"[{done}/{len(calls)}] {describe(rows[-1])} | {elapsed / 60:.1f} min, "
                   f"~{elapsed / done * (len(calls) - done) / 60:.0f} min left", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept, the same command resumes", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        # after Ctrl-C (the running scripts got it too and saved) or a failed run, start no new run
+        pool.shutdown(cancel_futures=True)
     return rows
 
 
@@ -403,6 +411,8 @@ def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
         resume = ["--resume"] if os.path.isfile(os.path.join(run, "ckpt.pt")) else []
         run_logged([sys.executable, "train.py"] + flags + resume, run + ".train.log", env)
         log = read_jsonl(os.path.join(run, "log.jsonl"))
+        if not log or log[-1]["step"] < steps:  # train.py saved and stopped on Ctrl-C: evaluate no half-run
+            raise KeyboardInterrupt
     evaluate_once(os.path.join(run, "ckpt.pt"), eval_flags + ["--out", run], run + ".eval.log", env)
     with open(os.path.join(run, "summary.json")) as f:
         summary = json.load(f)
@@ -432,6 +442,8 @@ def run_logged(cmd, log_path, env):
     with open(log_path, "a") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                               cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+    if code == -signal.SIGINT:  # the script got the Ctrl-C too, before it could save: stop quietly
+        raise KeyboardInterrupt
     if code:
         print(f"error: {' '.join(cmd[1:3])} ... exited with {code}; see {log_path}", file=sys.stderr)
         sys.exit(1)

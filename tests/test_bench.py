@@ -4,6 +4,10 @@ import math
 import os
 import subprocess
 import sys
+import time
+from functools import partial
+
+import pytest
 
 import bench
 
@@ -67,3 +71,43 @@ def test_generate_quick_writes_every_measure(tmp_path, monkeypatch):
             assert math.isfinite(row["decode_ratio"]) and row["end_to_end_ratio"] > 0
             assert (row["skip_efficiency"] is None) == (row["ideal"] == 1)
             assert (row["iteration_seconds"] is None) == (m["fixed_depth"] == 1)
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (SystemExit(1), 1)], ids=["ctrl-c", "failed"])
+def test_a_stopped_run_starts_no_other(stop, code):
+    """Ctrl-C in a sweep (tradeoff_point raises KeyboardInterrupt when train.py
+    saved and stopped) or a failed run (run_logged exits 1) starts none of
+    the queued runs: the sweep stops, resumable, with the exit code."""
+    started = []
+
+    def stopped():
+        raise stop
+
+    def run(i):
+        started.append(i)
+        time.sleep(0.2)
+        return i
+
+    try:
+        bench.run_in_parallel([stopped] + [partial(run, i) for i in range(3)], 1, str)
+        raised = None
+    except BaseException as e:  # a KeyboardInterrupt escaping would stop pytest itself
+        raised = e
+    assert isinstance(raised, SystemExit) and raised.code == code, repr(raised)
+    assert len(started) <= 1, f"runs {started} queued behind the stopped one were started"  # one may start before
+
+
+def test_a_run_stopped_short_is_not_evaluated(tmp_path, monkeypatch):
+    """train.py stopped by Ctrl-C saves and exits 0; the sweep must not
+    evaluate that half-trained checkpoint as if it were the finished run."""
+    scripts = []
+
+    def train_stopped_at_step_5(cmd, log_path, env):
+        scripts.append(os.path.basename(cmd[1]))
+        (tmp_path / "online-p0.01").mkdir(exist_ok=True)
+        (tmp_path / "online-p0.01" / "log.jsonl").write_text(json.dumps({"step": 5}) + "\n")
+
+    monkeypatch.setattr(bench, "run_logged", train_stopped_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        bench.tradeoff_point(("online", 2, 0.01), str(tmp_path), 10, [], [], {})
+    assert scripts == ["train.py"]
