@@ -95,4 +95,11 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
     for h, x in runs["none-d1"]["longer"]["hops"].items():  # the oracle runs each reference its hops
         assert x["mean_depth"] == int(h)
     assert max(int(h) for h in runs["none-d1"]["longer"]["max"]) > 4  # chains longer than trained
-    assert "### Thinking longer" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "### Thinking longer" in report
+    # the references behind each column: the same prompts for every run
+    counts = {h: x["references"] for h, x in runs["none-d1"]["longer"]["max"].items()}
+    assert all(by[h]["references"] == n for r in runs.values() for by in r["longer"].values()
+               for h, n in counts.items())
+    assert "References per cell: " + ", ".join(f"{n} of {h} hop{'' if h == '1' else 's'}"
+                                               for h, n in counts.items()) in report
