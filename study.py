@@ -115,18 +115,23 @@ def thinking_longer(run, router, longer, args, env):
     """References right and mean depth by hops on chains longer than any
     trained on, with max_depth raised at test time: the router deciding
     (online only: ANIRA-E cannot choose a depth it never had), every token at
-    max_depth, and each reference at exactly its hops (evaluate.py --depth)."""
+    max_depth, and each reference at exactly its hops (evaluate.py --depth);
+    and the control, every token at the longest trained chain's hops: a
+    longer chain resolved there was not chased hop by hop, so only what the
+    others add over it is thinking longer."""
     out = {}
-    for depth in ("router", "max", "hops"):
+    modes = {"router": ("router", longer["max_depth"]), "max": ("max", longer["max_depth"]),
+             "hops": ("hops", longer["max_depth"]), "trained": ("max", train.DEFAULTS["hops"])}
+    for mode, (depth, max_depth) in modes.items():
         if depth == "router" and router != "online":  # none's router is max; ANIRA-E cannot
             continue
-        folder = os.path.join(run, f"longer-{depth}")
-        flags = ["--depth", depth, "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
+        folder = os.path.join(run, f"longer-{mode}")
+        flags = ["--depth", depth, "--max-depth", str(max_depth), "--hops", str(longer["hops"]),
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
                  "--device", args.device, "--out", folder]
         bench.evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
         with open(os.path.join(folder, "summary.json")) as f:
-            out[depth] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
+            out[mode] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
                                            "references": h["num"]} for h in json.load(f).get("by_hops", [])}
     return out
 
@@ -315,7 +320,10 @@ def section_longer(rows, spec):
          f"Trained on chains of at most 4 hops with max_depth as in its run; tested on {longer['size']} "
          f"variables with chains of up to {longer['hops']} hops, max_depth raised to {longer['max_depth']} "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
-         "deciding, every token at max_depth, each reference at exactly its hops (the oracle).", ""]
+         "deciding, every token at max_depth, each reference at exactly its hops (the oracle), and the "
+         f"control: every token at {train.DEFAULTS['hops']} iterations, the longest chain trained on. A longer "
+         "chain resolved in the control was not chased hop by hop, but read off the prompt another way: "
+         "only what the other rows add over the control is thinking longer.", ""]
     hops = sorted({h for a in rows for mode in (a.get("longer") or {}).values() for h in mode}, key=int)
     table = []
     for a in rows:
