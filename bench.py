@@ -35,8 +35,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from functools import partial
 
 import torch
@@ -378,11 +379,25 @@ def tradeoff(args):
 
 def run_in_parallel(calls, jobs, describe):
     """Run the calls (functions of no argument) `jobs` at a time; print each
-    result as it comes, described, with the elapsed and remaining time."""
+    result as it comes, described, with the elapsed and remaining time.
+    Ctrl-C (the running scripts get it too, and save) or a failed run starts
+    no further run: the sweep stops, and the same command resumes it."""
     rows, t0 = [], time.time()
+    stopped = threading.Event()
+
+    def unless_stopped(call):
+        if stopped.is_set():  # a worker takes the next call before the main thread hears of a failure
+            raise CancelledError
+        try:
+            return call()
+        except BaseException:
+            stopped.set()
+            raise
+
     pool = ThreadPoolExecutor(jobs)
     try:
-        for done, future in enumerate(as_completed([pool.submit(call) for call in calls]), 1):
+        futures = [pool.submit(unless_stopped, call) for call in calls]
+        for done, future in enumerate(as_completed(futures), 1):
             rows.append(future.result())
             elapsed = time.time() - t0
             print(f"[{done}/{len(calls)}] {describe(rows[-1])} | {elapsed / 60:.1f} min, "
@@ -391,7 +406,7 @@ def run_in_parallel(calls, jobs, describe):
         print("interrupted: finished runs are kept, the same command resumes", file=sys.stderr)
         sys.exit(130)
     finally:
-        # after Ctrl-C (the running scripts got it too and saved) or a failed run, start no new run
+        stopped.set()
         pool.shutdown(cancel_futures=True)
     return rows
 
@@ -412,6 +427,8 @@ def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
         run_logged([sys.executable, "train.py"] + flags + resume, run + ".train.log", env)
         log = read_jsonl(os.path.join(run, "log.jsonl"))
         if not log or log[-1]["step"] < steps:  # train.py saved and stopped on Ctrl-C: evaluate no half-run
+            print(f"{run}: stopped at step {log[-1]['step'] if log else 0} of {steps}, not evaluated",
+                  file=sys.stderr)
             raise KeyboardInterrupt
     evaluate_once(os.path.join(run, "ckpt.pt"), eval_flags + ["--out", run], run + ".eval.log", env)
     with open(os.path.join(run, "summary.json")) as f:
@@ -494,4 +511,8 @@ def tradeoff_plot(rows, path, title):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep's runs (e.g. a second one while they save)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -121,7 +121,7 @@ def thinking_longer(run, router, longer, args, env):
     others add over it is thinking longer."""
     out = {}
     modes = {"router": ("router", longer["max_depth"]), "max": ("max", longer["max_depth"]),
-             "hops": ("hops", longer["max_depth"]), "trained": ("max", train.DEFAULTS["hops"])}
+             "hops": ("hops", longer["max_depth"]), "control": ("max", train.DEFAULTS["hops"])}
     for mode, (depth, max_depth) in modes.items():
         if depth == "router" and router != "online":  # none's router is max; ANIRA-E cannot
             continue
@@ -397,7 +397,8 @@ def parse_args(argv):
     p.add_argument("--ponders", default=None,
                    help="comma-separated --ponder values of the routers (default: the regime's)")
     p.add_argument("--max-depth", type=int, default=4)
-    p.add_argument("--num", type=int, default=None, help="evaluation examples per size (default 100, 3 with --quick)")
+    p.add_argument("--num", type=int, default=None,
+                   help="evaluation examples per size (default 100, 3 with --quick; thinking longer: 300 prompts)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once; the cores are split among them")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (every run)")
     p.add_argument("--quick", action="store_true", help="a tiny model, a few steps: proves the pipeline")
@@ -420,4 +421,8 @@ def parse_args(argv):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside the runs (e.g. while generation speed is measured)
+        print("interrupted: finished runs are kept, the same command resumes", file=sys.stderr)
+        sys.exit(130)

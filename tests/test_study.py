@@ -90,11 +90,11 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr
     runs = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert set(runs["online-p0.03"]["longer"]) == {"router", "max", "hops", "trained"}
-    assert set(runs["none-d2"]["longer"]) == set(runs["early-p0.03"]["longer"]) == {"max", "hops", "trained"}
+    assert set(runs["online-p0.03"]["longer"]) == {"router", "max", "hops", "control"}
+    assert set(runs["none-d2"]["longer"]) == set(runs["early-p0.03"]["longer"]) == {"max", "hops", "control"}
     for h, x in runs["none-d1"]["longer"]["hops"].items():  # the oracle runs each reference its hops
         assert x["mean_depth"] == int(h)
-    for x in runs["online-p0.03"]["longer"]["trained"].values():  # the control: the longest trained chain's hops
+    for x in runs["online-p0.03"]["longer"]["control"].values():  # the control: the longest trained chain's hops
         assert x["mean_depth"] == 4
     assert max(int(h) for h in runs["none-d1"]["longer"]["max"]) > 4  # chains longer than trained
     report = (out / "report.md").read_text()
