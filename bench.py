@@ -249,13 +249,19 @@ def load_or_train(source, quick):
     `source` trained on the spot on dfs (--quick: a tiny one, a few steps)."""
     if source in ROUTERS:
         out = os.path.join("out", "bench", f"{'quick' if quick else 'small'}-{source}")
-        steps = ["--max-iters", "40", "--halt-warmup", "10", "--eval-every", "40", "--eval-num", "16",
-                 "--warmup", "5", "--d-model", "32", "--n-heads", "2", "--ponder", "0.5"] if quick else \
-                ["--max-iters", "250", "--halt-warmup", "50", "--ponder", "0.03", "--eval-every", "125", "--eval-num", "64"]
-        if not os.path.isfile(os.path.join(out, "ckpt.pt")):
+        iters = 40 if quick else 250
+        steps = ["--halt-warmup", "10", "--eval-every", "40", "--eval-num", "16", "--warmup", "5",
+                 "--d-model", "32", "--n-heads", "2", "--ponder", "0.5"] if quick else \
+                ["--halt-warmup", "50", "--ponder", "0.03", "--eval-every", "125", "--eval-num", "64"]
+        ckpt_path = os.path.join(out, "ckpt.pt")
+        started = os.path.isfile(ckpt_path)
+        if not started or train.load_checkpoint(ckpt_path)["step"] < iters:  # none yet, or stopped by Ctrl-C
             print(f"training a small {source} model on the spot in {out}")
-            train.main(["--task", "dfs", "--router", source, "--out", out, *steps])
-        source = os.path.join(out, "ckpt.pt")
+            train.main(["--task", "dfs", "--router", source, "--out", out, "--max-iters", str(iters), *steps]
+                       + (["--resume"] if started else []))
+            if train.load_checkpoint(ckpt_path)["step"] < iters:  # train.py saved and stopped on Ctrl-C
+                raise KeyboardInterrupt
+        source = ckpt_path
     ckpt = train.load_checkpoint(source)
     if ckpt["model_config"]["router"] == "none":
         train.fail(f"{source}: router none has no halting to measure")

@@ -8,6 +8,7 @@ import time
 from functools import partial
 
 import pytest
+import torch
 
 import bench
 
@@ -122,3 +123,20 @@ def test_a_script_stopped_by_ctrl_c_stops_the_sweep_quietly(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         bench.run_logged([sys.executable, "-c", killed_by_ctrl_c], str(tmp_path / "log"), dict(os.environ))
     assert "error" not in capsys.readouterr().err
+
+
+def test_a_small_model_stopped_short_is_trained_on_not_reused(tmp_path, monkeypatch):
+    """bench.py generate trains its own small models when given no checkpoint;
+    one stopped by Ctrl-C (a checkpoint short of its steps) is trained on
+    from where it stopped, not measured half-trained, and a Ctrl-C that
+    stops it again stops the command."""
+    monkeypatch.chdir(tmp_path)
+    path, _, _ = bench.load_or_train("online", quick=True)
+    finished = torch.load(path, weights_only=False)
+    torch.save({**finished, "step": 20}, path)  # as if Ctrl-C had stopped it at step 20
+    bench.load_or_train("online", quick=True)
+    assert torch.load(path, weights_only=False)["step"] == finished["step"]
+    torch.save({**finished, "step": 20}, path)
+    monkeypatch.setattr(bench.train, "main", lambda argv: None)  # Ctrl-C again: nothing more trained
+    with pytest.raises(KeyboardInterrupt):
+        bench.load_or_train("online", quick=True)
