@@ -317,8 +317,9 @@ def section_cost(runs, aggs):
 def section_longer(rows, spec):
     longer = spec["longer"]
     L = ["### Thinking longer: chains longer than any trained on", "",
-         f"Trained on chains of at most 4 hops with max_depth as in its run; tested on {longer['size']} "
-         f"variables with chains of up to {longer['hops']} hops, max_depth raised to {longer['max_depth']} "
+         f"Trained on chains of at most {train.DEFAULTS['hops']} hops with max_depth as in its run; tested on "
+         f"{longer['size']} variables with chains of up to {longer['hops']} hops, max_depth raised to "
+         f"{longer['max_depth']} "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
          "deciding, every token at max_depth, each reference at exactly its hops (the oracle), and the "
          f"control: every token at {train.DEFAULTS['hops']} iterations, the longest chain trained on. A longer "
