@@ -383,19 +383,27 @@ def tradeoff(args):
     print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
 
 
+RESUMED_SECONDS = 3  # a run finished before the sweep returns faster (only its numbers are read)
+
+
 def run_in_parallel(calls, jobs, describe):
     """Run the calls (functions of no argument) `jobs` at a time; print each
     result as it comes, described, with the elapsed and remaining time.
     Ctrl-C (the running scripts get it too, and save) or a failed run starts
     no further run: the sweep stops, and the same command resumes it."""
     rows, t0 = [], time.time()
+    worked = []  # the calls that did work: a run finished before this sweep returns at once
     stopped = threading.Event()
 
     def unless_stopped(call):
         if stopped.is_set():  # a worker takes the next call before the main thread hears of a failure
             raise CancelledError
         try:
-            return call()
+            start = time.time()
+            row = call()
+            if time.time() - start > RESUMED_SECONDS:
+                worked.append(row)
+            return row
         except BaseException:
             stopped.set()
             raise
@@ -406,11 +414,14 @@ def run_in_parallel(calls, jobs, describe):
         for done, future in enumerate(as_completed(futures), 1):
             rows.append(future.result())
             elapsed = time.time() - t0
-            print(f"[{done}/{len(calls)}] {describe(rows[-1])} | {elapsed / 60:.1f} min, "
-                  f"~{elapsed / done * (len(calls) - done) / 60:.0f} min left", flush=True)
+            left = f", ~{elapsed / len(worked) * (len(calls) - done) / 60:.0f} min left" if worked else ""
+            print(f"[{done}/{len(calls)}] {describe(rows[-1])} | {elapsed / 60:.1f} min{left}", flush=True)
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept, the same command resumes", file=sys.stderr)
         sys.exit(130)
+    except SystemExit:  # a run failed and said why: the running ones finish (and save) first
+        print("stopping: waiting for the running runs to finish", file=sys.stderr, flush=True)
+        raise
     finally:
         stopped.set()
         pool.shutdown(cancel_futures=True)

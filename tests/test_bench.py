@@ -99,6 +99,22 @@ def test_a_stopped_run_starts_no_other(stop, code):
     assert started == [], f"runs {started} queued behind the stopped one were started"
 
 
+def test_remaining_time_counts_only_the_runs_that_worked(monkeypatch, capsys):
+    """A resumed sweep skips its finished runs at once: the remaining time is
+    estimated from the runs that trained, not read low from the skipped ones
+    (a study resumed with 16 of 18 runs done said "~0 min left" of an hour),
+    and not guessed before one has run."""
+    monkeypatch.setattr(bench, "RESUMED_SECONDS", 0.05)
+
+    def run(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    bench.run_in_parallel([partial(run, s) for s in (0, 0, 0, 0.2, 0.2, 0.2)], 1, str)
+    lines = capsys.readouterr().out.splitlines()
+    assert ["left" in line for line in lines] == [False] * 3 + [True] * 3, lines
+
+
 def test_a_run_stopped_short_is_not_evaluated(tmp_path, monkeypatch):
     """train.py stopped by Ctrl-C saves and exits 0; the sweep must not
     evaluate that half-trained checkpoint as if it were the finished run."""
