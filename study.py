@@ -224,11 +224,29 @@ def report(results, figures):
                              fmt(a.get("spearman_feature")), fmt(a.get("spearman_needed")),
                              fmt(a.get("halted_too_early"))] for a in rows])
         L += [f"![{regime}]({os.path.basename(f)})" for f in figures if regime in f] + [""]
-        L += section_alignment(rows, spec, best_fixed) + section_timing(rows) + section_extrapolation(rows)
+        L += section_curve(rows, best_fixed) + section_alignment(rows, spec, best_fixed)
+        L += section_timing(rows) + section_extrapolation(rows)
         if "longer" in spec:
             L += section_longer(rows, spec)
         L += section_speed(results["speed"].get(regime), rows, results["seeds"][0])
     return "\n".join(L + section_cost(results["runs"], aggs)) + "\n"
+
+
+def section_curve(rows, best_fixed):
+    """Each router against the best fixed depth: how close in accuracy, at
+    what share of its compute."""
+    L = ["Mean depth is iterations per target token; prompt tokens run every iteration of their model "
+         "(max_depth, or the fixed depth).", ""]
+    for a in rows:
+        if a["router"] == "none":
+            continue
+        beaten = [f["run"] for f in rows
+                  if f["router"] == "none" and f["exact_match"]["mean"] <= a["exact_match"]["mean"]]
+        L += [f"- {a['run']}: exact-match {fmt(a['exact_match'])} at {a['mean_depth']['mean']:.2f} iterations, "
+              f"{a['mean_depth']['mean'] / best_fixed['max_depth']:.2f} of the best fixed depth's "
+              f"({best_fixed['run']}: {best_fixed['exact_match']['mean']:.3f} at {best_fixed['max_depth']}); "
+              f"at least as accurate as {', '.join(beaten) or 'no fixed depth'}."]
+    return L + [""]
 
 
 def section_alignment(rows, spec, best_fixed):

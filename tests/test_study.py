@@ -52,6 +52,10 @@ def test_report_has_a_section_per_finding_beside_the_paper(quick):
                     "### Extrapolation to larger sizes", "### Generation speed"):
         assert heading in text
     assert "**" in text  # a verdict
+    # each router beside the best fixed depth: its share of that depth's compute
+    curve = text.split("### Accuracy against compute")[1].split("### Alignment")[0]
+    assert all(f"- {r}-p0.002: exact-match" in curve and "of the best fixed depth's" in curve
+               for r in ("early", "online"))
     # where the time goes: every run's training minutes, and their total
     results = json.loads((out / "results.json").read_text())
     total = sum(r["minutes"] for r in results["runs"])
