@@ -260,7 +260,11 @@ def section_alignment(rows, spec, best_fixed):
         L += [f"- {a['run']}: Spearman of depth with {spec['feature']} {fmt(a.get('spearman_feature'))}, with the "
               f"depth needed {fmt(a.get('spearman_needed'))}; exact-match {fmt(a['exact_match'])} against the "
               f"best fixed depth's {fmt(best_fixed['exact_match'])} ({best_fixed['run']}): **{verdict}**."]
-    return L + [""]
+    routers = [a for a in rows if a["router"] != "none"]
+    values = sorted({v for a in routers for v in a["depth_by_feature"]}, key=float)
+    L += ["", f"Mean depth by {spec['feature']} (training sizes):", ""]
+    return L + analyze.table(["run"] + values, [[a["run"]] + [fmt(a["depth_by_feature"].get(v)) for v in values]
+                                                for a in routers])
 
 
 def section_timing(rows):

@@ -52,6 +52,9 @@ def test_report_has_a_section_per_finding_beside_the_paper(quick):
                     "### Extrapolation to larger sizes", "### Generation speed"):
         assert heading in text
     assert "**" in text  # a verdict
+    # depth per value of the difficulty feature, for each router
+    alignment = text.split("### Alignment")[1].split("### Decision timing")[0]
+    assert "Mean depth by backtrack" in alignment and "| early-p0.002 | " in alignment
     # each router beside the best fixed depth: its share of that depth's compute
     curve = text.split("### Accuracy against compute")[1].split("### Alignment")[0]
     assert all(f"- {r}-p0.002: exact-match" in curve and "of the best fixed depth's" in curve
