@@ -240,12 +240,12 @@ def section_curve(rows, best_fixed):
     for a in rows:
         if a["router"] == "none":
             continue
-        beaten = [f["run"] for f in rows
+        matched = [f["run"] for f in rows
                   if f["router"] == "none" and f["exact_match"]["mean"] <= a["exact_match"]["mean"]]
         L += [f"- {a['run']}: exact-match {fmt(a['exact_match'])} at {a['mean_depth']['mean']:.2f} iterations, "
               f"{a['mean_depth']['mean'] / best_fixed['max_depth']:.2f} of the best fixed depth's "
               f"({best_fixed['run']}: {best_fixed['exact_match']['mean']:.3f} at {best_fixed['max_depth']}); "
-              f"at least as accurate as {', '.join(beaten) or 'no fixed depth'}."]
+              f"at least as accurate as {', '.join(matched) or 'no fixed depth'}."]
     return L + [""]
 
 
