@@ -383,7 +383,7 @@ def tradeoff(args):
     print(f"wrote {os.path.join(out, 'tradeoff.json')}" + (" and tradeoff.png" if plotted else ""))
 
 
-RESUMED_SECONDS = 3  # a run finished before the sweep returns faster (only its numbers are read)
+RESUMED_SECONDS = 3  # a call faster than this found its run finished before the sweep and only read it
 
 
 def run_in_parallel(calls, jobs, describe):
@@ -392,7 +392,7 @@ def run_in_parallel(calls, jobs, describe):
     Ctrl-C (the running scripts get it too, and save) or a failed run starts
     no further run: the sweep stops, and the same command resumes it."""
     rows, t0 = [], time.time()
-    worked = []  # the calls that did work: a run finished before this sweep returns at once
+    worked = []  # rows of the calls that trained or evaluated: the remaining time is theirs
     stopped = threading.Event()
 
     def unless_stopped(call):
