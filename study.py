@@ -383,8 +383,9 @@ def fmt(x, unit=""):
 
 
 def plot_curve(rows, regime, out):
-    """Exact-match against mean depth of each run, per seed (dots) and mean
-    (line / markers), fixed depths against the routers; None without matplotlib."""
+    """Exact-match against mean depth: each seed (dots), the mean over seeds
+    with its [min, max] (bars), fixed depths joined by a line and each
+    router's ponders by another; None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -394,16 +395,22 @@ def plot_curve(rows, regime, out):
     fig, ax = plt.subplots(figsize=(6, 4))
     for router, marker, colour in (("none", "o", "k"), ("early", "s", "b"), ("online", "^", "r")):
         rs = [r for r in rows if r["regime"] == regime and r["router"] == router]
+        if not rs:
+            continue
         ax.scatter([r["mean_depth"] for r in rs], [r["exact_match"] for r in rs], marker=marker, color=colour,
                    alpha=0.3, s=15)
-        runs = sorted({r["run"] for r in rs}, key=lambda name: [r for r in rs if r["run"] == name][0]["max_depth"])
-        means = [(np.mean([r["mean_depth"] for r in rs if r["run"] == name]),
-                  np.mean([r["exact_match"] for r in rs if r["run"] == name])) for name in runs]
-        if means:
-            ax.plot(*zip(*means), marker=marker, color=colour, ls="-" if router == "none" else "",
-                    label="fixed depth" if router == "none" else router)
+        curve = curve_points(rs)
+        x, y = ([p[key] for p in curve] for key in ("mean_depth", "exact_match"))
+        bars = lambda vs: [[v["mean"] - v["min"] for v in vs], [v["max"] - v["mean"] for v in vs]]
+        ax.errorbar([v["mean"] for v in x], [v["mean"] for v in y], xerr=bars(x), yerr=bars(y), marker=marker,
+                    color=colour, ls="-" if router == "none" else "--", capsize=2,
+                    label="fixed depth" if router == "none" else f"{router}, by ponder")
+        if router != "none":  # which point is which ponder
+            for p in curve:
+                ax.annotate(f"{p['ponder']:g}", (p["mean_depth"]["mean"], p["exact_match"]["mean"]),
+                            textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
     ax.set(xlabel="mean iterations per target token", ylabel="exact-match (training sizes)",
-           title=f"{regime}: mean over seeds (markers), each seed (dots)")
+           title=f"{regime}: mean over seeds with [min, max], each seed (dots)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -411,6 +418,19 @@ def plot_curve(rows, regime, out):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def curve_points(rows):
+    """One point per run of one router (a fixed depth, or a ponder): mean
+    depth and exact-match as mean, min and max over seeds, ordered by mean
+    depth so that a line through them is the trade-off."""
+    runs = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(r)
+    points = [{"run": run, "ponder": seeds[0]["ponder"],
+               **{key: merge([r[key] for r in seeds]) for key in ("mean_depth", "exact_match")}}
+              for run, seeds in runs.items()]
+    return sorted(points, key=lambda p: p["mean_depth"]["mean"])
 
 
 def parse_args(argv):

@@ -112,3 +112,14 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
                for h, n in counts.items())
     assert "References per cell: " + ", ".join(f"{n} of {h} hop{'' if h == '1' else 's'}"
                                                for h, n in counts.items()) in report
+
+
+def test_curve_points_are_the_trade_off_with_its_spread():
+    """One point per ponder with mean [min, max] over seeds, in order of depth,
+    whichever order the runs come in."""
+    rows = [dict(run=f"online-p{p}", ponder=p, seed=s, mean_depth=d + 0.1 * s, exact_match=a - 0.1 * s)
+            for p, d, a in ((0.03, 1.2, 0.9), (0.002, 2.0, 1.0), (0.01, 1.6, 0.95)) for s in (0, 1, 2)]
+    curve = study.curve_points(rows)
+    assert [p["ponder"] for p in curve] == [0.03, 0.01, 0.002]
+    assert curve[0]["mean_depth"] == {"mean": pytest.approx(1.3), "min": 1.2, "max": pytest.approx(1.4)}
+    assert curve[2]["exact_match"] == {"mean": pytest.approx(0.9), "min": pytest.approx(0.8), "max": 1.0}
