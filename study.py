@@ -130,9 +130,9 @@ def thinking_longer(run, router, longer, args, env):
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
                  "--device", args.device, "--out", folder]
         bench.evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
-        with open(os.path.join(folder, "summary.json")) as f:
-            out[mode] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
-                                           "references": h["num"]} for h in json.load(f).get("by_hops", [])}
+        by_hops = read_json(os.path.join(folder, "summary.json")).get("by_hops", [])
+        out[mode] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
+                                       "references": h["num"]} for h in by_hops}
     return out
 
 
@@ -140,17 +140,22 @@ def generation_speed(regime, args):
     """Greedy generation of the first seed's routers (bench.py generate, once
     every run is trained, so that nothing else shares the cores): tokens/s of
     the routed model against the same weights at max_depth, which cost what
-    the fixed-depth model of max_depth costs. Measured once, then read back."""
+    the fixed-depth model of max_depth costs. Measured once, then read back
+    (measured again if the ponders changed)."""
     path = os.path.join(args.out, regime, "speed.json")
-    if not os.path.isfile(path):
-        D = 2 if args.quick else args.max_depth
-        ponders = args.ponders or [REGIMES[regime]["ponder"]]
-        ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
-                 for router in ("early", "online") for p in ponders]
+    D = 2 if args.quick else args.max_depth
+    ponders = args.ponders or [REGIMES[regime]["ponder"]]
+    ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
+             for router in ("early", "online") for p in ponders]
+    if not os.path.isfile(path) or [m["model"] for m in read_json(path)["models"]] != ckpts:
         speed = ["--quick"] if args.quick else ["--rounds", "5", "--batch-sizes", "1,32"]
         bench.run_logged([sys.executable, "bench.py", "generate", "--ckpt", *ckpts, "--json", path, *speed],
                          path + ".log", dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1)))
         print(f"generation speed of {regime} (D = {D}) in {path}", flush=True)
+    return read_json(path)
+
+
+def read_json(path):
     with open(path) as f:
         return json.load(f)
 

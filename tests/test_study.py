@@ -123,3 +123,21 @@ def test_curve_points_are_the_trade_off_with_its_spread():
     assert [p["ponder"] for p in curve] == [0.03, 0.01, 0.002]
     assert curve[0]["mean_depth"] == {"mean": pytest.approx(1.3), "min": 1.2, "max": pytest.approx(1.4)}
     assert curve[2]["exact_match"] == {"mean": pytest.approx(0.9), "min": pytest.approx(0.8), "max": 1.0}
+
+
+def test_generation_speed_is_measured_again_when_the_ponders_change(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_bench(cmd, log, env):  # writes what bench.py generate --json would: one entry per checkpoint
+        calls.append(cmd)
+        ckpts = cmd[cmd.index("--ckpt") + 1:cmd.index("--json")]
+        (tmp_path / "dfs" / "speed.json").write_text(json.dumps({"models": [{"model": c} for c in ckpts]}))
+
+    monkeypatch.setattr(study.bench, "run_logged", fake_bench)
+    (tmp_path / "dfs").mkdir()
+    for ponders in ("0.01", "0.01", "0.002,0.01"):
+        args = study.parse_args(["--regimes", "dfs", "--ponders", ponders, "--out", str(tmp_path)])
+        speed = study.generation_speed("dfs", args)
+    assert len(calls) == 2  # measured, read back, measured again with a new ponder
+    assert [m["model"].split(os.sep)[-2] for m in speed["models"]] == \
+        ["early-p0.002", "early-p0.01", "online-p0.002", "online-p0.01"]
