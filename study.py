@@ -409,8 +409,8 @@ def plot_curve(rows, regime, out):
         bars = lambda vs: [[v["mean"] - v["min"] for v in vs], [v["max"] - v["mean"] for v in vs]]
         ax.errorbar([v["mean"] for v in x], [v["mean"] for v in y], xerr=bars(x), yerr=bars(y), marker=marker,
                     color=colour, ls="-" if router == "none" else "--", capsize=2,
-                    label="fixed depth" if router == "none" else f"{router}, by ponder")
-        if router != "none":  # which point is which ponder
+                    label="fixed depth" if router == "none" else router + ", by ponder" * (len(curve) > 1))
+        if router != "none" and len(curve) > 1:  # which point is which ponder
             for p in curve:
                 ax.annotate(f"{p['ponder']:g}", (p["mean_depth"]["mean"], p["exact_match"]["mean"]),
                             textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
