@@ -441,7 +441,7 @@ def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
     log = read_jsonl(os.path.join(run, "log.jsonl"))
     if not log or log[-1]["step"] < steps:
         resume = ["--resume"] if os.path.isfile(os.path.join(run, "ckpt.pt")) else []
-        run_logged([sys.executable, "train.py"] + flags + resume, run + ".train.log", env)
+        run_logged(script("train.py") + flags + resume, run + ".train.log", env)
         log = read_jsonl(os.path.join(run, "log.jsonl"))
         if not log or log[-1]["step"] < steps:  # train.py saved and stopped on Ctrl-C: evaluate no half-run
             print(f"{run}: stopped at step {log[-1]['step'] if log else 0} of {steps}, not evaluated",
@@ -468,18 +468,23 @@ def evaluate_once(ckpt, flags, log_path, env):
         with open(summary_path) as f:
             if json.load(f).get("args") == json.loads(json.dumps(vars(args))):
                 return
-    run_logged([sys.executable, "evaluate.py", "--ckpt", ckpt] + flags, log_path, env)
+    run_logged(script("evaluate.py") + ["--ckpt", ckpt] + flags, log_path, env)
+
+
+def script(name):
+    """The command that runs a script of this folder from any folder: the
+    paths in its arguments stay the caller's."""
+    return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), name)]
 
 
 def run_logged(cmd, log_path, env):
-    """Run a script of this folder with its output in log_path; exit if it fails."""
+    """Run cmd with its output in log_path; exit if it fails."""
     with open(log_path, "a") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code == -signal.SIGINT:  # the script got the Ctrl-C too, before it could save: stop quietly
         raise KeyboardInterrupt
     if code:
-        print(f"error: {' '.join(cmd[1:3])} ... exited with {code}; see {log_path}", file=sys.stderr)
+        print(f"error: {os.path.basename(cmd[1])} {cmd[2]} ... exited with {code}; see {log_path}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -70,7 +70,8 @@ def main(argv=None):
                                                         f"{row['mean_depth']:.2f}")
     rows.sort(key=lambda r: (r["regime"], ROUTER_ORDER.index(r["router"]), r["max_depth"], r["ponder"] or 0,
                              r["seed"]))
-    results = {"seeds": args.seeds, "regimes": {r: REGIMES[r] for r in args.regimes},
+    command = " ".join(["python study.py", *(sys.argv[1:] if argv is None else argv)])
+    results = {"command": command, "seeds": args.seeds, "regimes": {r: REGIMES[r] for r in args.regimes},
                "runs": rows, "aggregates": aggregate(rows),
                "speed": {r: generation_speed(r, args) for r in args.regimes}}
     analyze.write(Path(args.out) / "results.json",
@@ -149,7 +150,7 @@ def generation_speed(regime, args):
              for router in ("early", "online") for p in ponders]
     if not os.path.isfile(path) or [m["model"] for m in read_json(path)["models"]] != ckpts:
         speed = ["--quick"] if args.quick else ["--rounds", "5", "--batch-sizes", "1,32"]
-        bench.run_logged([sys.executable, "bench.py", "generate", "--ckpt", *ckpts, "--json", path, *speed],
+        bench.run_logged(bench.script("bench.py") + ["generate", "--ckpt", *ckpts, "--json", path, *speed],
                          path + ".log", dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1)))
         print(f"generation speed of {regime} (D = {D}) in {path}", flush=True)
     return read_json(path)
@@ -215,7 +216,7 @@ def report(results, figures):
     aggs = results["aggregates"]
     L = ["# The study: the paper's findings, measured", "",
          f"Seeds {', '.join(map(str, results['seeds']))}; every number is the mean over seeds with "
-         "[min, max]. Reproduce: `python study.py` (see its --help).", "",
+         f"[min, max]. Reproduce: `{results['command']}` (see its --help).", "",
          f"The paper (abstract): \"{PAPER}\"", ""]
     for regime, spec in results["regimes"].items():
         rows = [a for a in aggs if a["regime"] == regime]

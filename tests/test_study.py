@@ -48,6 +48,7 @@ def test_report_has_a_section_per_finding_beside_the_paper(quick):
     out, _ = quick
     text = (out / "report.md").read_text()
     assert text.count("The paper") >= 3
+    assert "Reproduce: `python study.py --quick --seeds 0,1 --regimes dfs --jobs 2 --num 2 --out " in text
     for heading in ("### Accuracy against compute", "### Alignment", "### Decision timing",
                     "### Extrapolation to larger sizes", "### Generation speed"):
         assert heading in text
@@ -141,3 +142,14 @@ def test_generation_speed_is_measured_again_when_the_ponders_change(tmp_path, mo
     assert len(calls) == 2  # measured, read back, measured again with a new ponder
     assert [m["model"].split(os.sep)[-2] for m in speed["models"]] == \
         ["early-p0.002", "early-p0.01", "online-p0.002", "online-p0.01"]
+
+
+def test_runs_from_another_folder(tmp_path):
+    """Paths on the command line are the caller's, wherever study.py lives:
+    the scripts it starts must write where it reads."""
+    res = subprocess.run([sys.executable, os.path.join(REPO, "study.py"), "--quick", "--seeds", "0", "--regimes",
+                          "dfs", "--jobs", "2", "--num", "2", "--out", "elsewhere"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "elsewhere" / "report.md").is_file() and (tmp_path / "elsewhere" / "dfs" / "s0").is_dir()
+    assert not os.path.exists(os.path.join(REPO, "elsewhere"))
