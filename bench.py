@@ -484,7 +484,7 @@ def run_logged(cmd, log_path, env):
     if code == -signal.SIGINT:  # the script got the Ctrl-C too, before it could save: stop quietly
         raise KeyboardInterrupt
     if code:
-        print(f"error: {os.path.basename(cmd[1])} {cmd[2]} ... exited with {code}; see {log_path}", file=sys.stderr)
+        print(f"error: {' '.join([os.path.basename(cmd[1]), *cmd[2:3]])} ... exited with {code}; see {log_path}", file=sys.stderr)
         sys.exit(1)
 
 
