@@ -313,8 +313,7 @@ def check(run):
         sys.exit(2)
     with open(path) as f:
         log = [json.loads(line) for line in f if line.strip()]
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
+    config = read_json(os.path.join(run, "config.json"))
     last = log[-1]
     bars = [("exact-match >= 0.90", last["exact_match"] >= 0.90, last["exact_match"]),
             ("within 15 minutes", last["minutes"] <= 15, last["minutes"])]
@@ -448,8 +447,7 @@ def tradeoff_point(point, out, steps, train_flags, eval_flags, env):
                   file=sys.stderr)
             raise KeyboardInterrupt
     evaluate_once(os.path.join(run, "ckpt.pt"), eval_flags + ["--out", run], run + ".eval.log", env)
-    with open(os.path.join(run, "summary.json")) as f:
-        summary = json.load(f)
+    summary = read_json(os.path.join(run, "summary.json"))
     inside, outside = summary["in_distribution"], summary["ood"]
     row = {"router": router, "max_depth": depth, "ponder": ponder, "mean_depth": inside["mean_depth"],
            "exact_match": inside["exact_match"], "exact_match_ood": outside["exact_match"],
@@ -465,9 +463,8 @@ def evaluate_once(ckpt, flags, log_path, env):
     args = evaluate.parse_args(["--ckpt", ckpt] + flags)
     summary_path = os.path.join(args.out or os.path.dirname(os.path.abspath(ckpt)), "summary.json")
     if os.path.isfile(summary_path) and os.path.getmtime(summary_path) >= os.path.getmtime(ckpt):
-        with open(summary_path) as f:
-            if json.load(f).get("args") == json.loads(json.dumps(vars(args))):
-                return
+        if read_json(summary_path).get("args") == json.loads(json.dumps(vars(args))):
+            return
     run_logged(script("evaluate.py") + ["--ckpt", ckpt] + flags, log_path, env)
 
 
@@ -484,8 +481,14 @@ def run_logged(cmd, log_path, env):
     if code == -signal.SIGINT:  # the script got the Ctrl-C too, before it could save: stop quietly
         raise KeyboardInterrupt
     if code:
-        print(f"error: {' '.join([os.path.basename(cmd[1]), *cmd[2:3]])} ... exited with {code}; see {log_path}", file=sys.stderr)
+        what = " ".join([os.path.basename(cmd[1]), *cmd[2:3]])
+        print(f"error: {what} ... exited with {code}; see {log_path}", file=sys.stderr)
         sys.exit(1)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 def read_jsonl(path):

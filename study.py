@@ -131,7 +131,7 @@ def thinking_longer(run, router, longer, args, env):
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
                  "--device", args.device, "--out", folder]
         bench.evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
-        by_hops = read_json(os.path.join(folder, "summary.json")).get("by_hops", [])
+        by_hops = bench.read_json(os.path.join(folder, "summary.json")).get("by_hops", [])
         out[mode] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
                                        "references": h["num"]} for h in by_hops}
     return out
@@ -148,17 +148,12 @@ def generation_speed(regime, args):
     ponders = args.ponders or [REGIMES[regime]["ponder"]]
     ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
              for router in ("early", "online") for p in ponders]
-    if not os.path.isfile(path) or [m["model"] for m in read_json(path)["models"]] != ckpts:
+    if not os.path.isfile(path) or [m["model"] for m in bench.read_json(path)["models"]] != ckpts:
         speed = ["--quick"] if args.quick else ["--rounds", "5", "--batch-sizes", "1,32"]
         bench.run_logged(bench.script("bench.py") + ["generate", "--ckpt", *ckpts, "--json", path, *speed],
                          path + ".log", dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1)))
         print(f"generation speed of {regime} (D = {D}) in {path}", flush=True)
-    return read_json(path)
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    return bench.read_json(path)
 
 
 def findings(csv_path, spec):
