@@ -51,6 +51,12 @@ REGIMES = {
                        # thinking longer: chains of up to 8 hops, on 300 prompts (long chains are rare in
                        # random prompts: 300 hold 90 and 62 references of 5 and 6 hops, 19 of 8)
                        longer=dict(max_depth=8, hops=8, size=10, num=300)),
+    # the same without the hint losses: nothing tells an iteration which hop it is at, so depth that
+    # follows the hops here is the paper's alignment "without explicit difficulty supervision"
+    "lang-chase-nohints": dict(flags=["--task", "lang", "--chain-order", "reverse", "--hints", "off", "--lr",
+                                      "1e-3", "--min-lr", "1e-4", "--curriculum", "2000", "--weight-decay", "0"],
+                               steps=5000, sizes=(4, 8), ood_to=10, ponder=0.03, feature="hops",
+                               fixed_depths=(1, 4), routers=("online",)),
 }
 ROUTER_ORDER = ("none", "early", "online")
 
@@ -83,10 +89,12 @@ def main(argv=None):
 
 def points(regime, args):
     """(router, max_depth, ponder) of every run of a regime and seed."""
+    spec = REGIMES[regime]
     D = 2 if args.quick else args.max_depth
-    ponders = args.ponders or [REGIMES[regime]["ponder"]]
-    return [("none", d, None) for d in range(1, D + 1)] + \
-        [(router, D, p) for router in ("early", "online") for p in ponders]
+    ponders = args.ponders or [spec["ponder"]]
+    depths = sorted({min(d, D) for d in spec.get("fixed_depths", range(1, D + 1))})
+    return [("none", d, None) for d in depths] + \
+        [(router, D, p) for router in spec.get("routers", ("early", "online")) for p in ponders]
 
 
 def run_point(regime, seed, point, args, env):
@@ -147,7 +155,7 @@ def generation_speed(regime, args):
     D = 2 if args.quick else args.max_depth
     ponders = args.ponders or [REGIMES[regime]["ponder"]]
     ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
-             for router in ("early", "online") for p in ponders]
+             for router in REGIMES[regime].get("routers", ("early", "online")) for p in ponders]
     if not os.path.isfile(path) or [m["model"] for m in bench.read_json(path)["models"]] != ckpts:
         speed = ["--quick"] if args.quick else ["--rounds", "5", "--batch-sizes", "1,32"]
         bench.run_logged(bench.script("bench.py") + ["generate", "--ckpt", *ckpts, "--json", path, *speed],
