@@ -45,6 +45,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -661,6 +662,19 @@ def pct(x):
 def table(header, rows):
     return ["| " + " | ".join(map(str, header)) + " |", "|" + " --- |" * len(header)] + \
            ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_jsonl(path):
+    """The rows of a JSON-lines file (train.py's log.jsonl); none if it is not there."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def write(path, text):

@@ -42,7 +42,7 @@ import torch
 
 import tasks
 from model import ANIRA, ModelConfig
-from train import fail, load_checkpoint, parse_size_range, pick_device, task_params
+from train import DTYPES, autocast, fail, load_checkpoint, parse_size_range, pick_device, task_params
 
 EVAL_SEED = 20_000  # train.py draws from seed and seed + 10_000
 
@@ -53,6 +53,7 @@ def main(argv=None):
     ckpt = load_checkpoint(args.ckpt)
     model = load_model(ckpt, args.max_depth, args.depth).to(device)
     config = ckpt["config"]
+    dtype = args.dtype or config["dtype"]
     task, router, train_sizes = config["task"], config["router"], tuple(config["size_range"])
     if args.depth == "hops" and task != "lang":
         fail("--depth hops: only lang's references have a number of hops")
@@ -70,16 +71,16 @@ def main(argv=None):
         fail(f"--out {out_dir}: the folder is not writable")
     print(f"{task} / router {router}, trained on sizes {train_sizes[0]}-{train_sizes[1]} with max_depth "
           f"{ckpt['model_config']['max_depth']}, step {ckpt['step']}; {args.num} examples per size; "
-          f"max_depth {model.cfg.max_depth}, depth: {DEPTHS[args.depth]}")
+          f"max_depth {model.cfg.max_depth}, depth: {DEPTHS[args.depth]}; {dtype}")
 
     if args.show:
-        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device, params)
+        show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device, params, dtype)
 
     header = ["task", "router", "sample", "n", "pos", "target", "pred", "correct", "depth_needed", "depth"]
     features = tasks.FEATURES[task]
     summary = {"task": task, "router": router, "train_sizes": list(train_sizes),
                "ckpt": args.ckpt, "step": ckpt["step"], "max_depth": model.cfg.max_depth,
-               "trained_max_depth": ckpt["model_config"]["max_depth"], "depth": args.depth,
+               "trained_max_depth": ckpt["model_config"]["max_depth"], "depth": args.depth, "dtype": dtype,
                "task_params": params, "trained_task_params": task_params(config),
                "args": vars(args), "sizes": []}  # args: a resumed study knows what this summary measured
     references = "kind" in features  # lang: also the accuracy of resolved values
@@ -95,7 +96,7 @@ def main(argv=None):
             rng = random.Random(args.seed * 1000 + n)
             examples = [tasks.make_example(task, rng, n, **params) for _ in range(args.num)]
             correct, depth, exact, reference = [], [], [], []
-            for rows in token_rows(model, examples, args.batch_size, device, args.depth):
+            for rows in token_rows(model, examples, args.batch_size, device, args.depth, dtype):
                 for pos, (target, pred, ok, needed, d, feats) in enumerate(rows):
                     writer.writerow([task, router, sample, n, pos, target, pred, int(ok), needed, d]
                                     + [feats[k] for k in features])
@@ -140,7 +141,7 @@ def pool(sizes, references):
 
 
 @torch.no_grad()
-def token_rows(model, examples, batch_size, device, depth="router"):
+def token_rows(model, examples, batch_size, device, depth="router", dtype="float32"):
     """Yield, per example, a list of (target, pred, correct, depth_needed,
     depth, features) for its target tokens. Teacher-forced: since every
     prediction is the argmax of the same forward that greedy decoding runs, an
@@ -148,7 +149,7 @@ def token_rows(model, examples, batch_size, device, depth="router"):
     correct. It runs the counterfactual forward, which also continues every
     token to max_depth and returns an exit per depth (for depth_needed); the
     tokens' own depths and predictions are those of plain inference. `depth`:
-    see DEPTHS."""
+    see DEPTHS; `dtype`: train.autocast's."""
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         idx, targets, feats = tasks.make_batch(chunk)
@@ -157,8 +158,9 @@ def token_rows(model, examples, batch_size, device, depth="router"):
         if depth == "hops":  # the oracle: a k-hop reference runs k iterations, other answer tokens 1
             hops = torch.from_numpy(np.nan_to_num(feats["hops"])).long().to(device).clamp(1, model.cfg.max_depth)
             forced = torch.where(targets_t != -1, hops, model.cfg.max_depth)
-        out = model(idx_t, adaptive=targets_t != -1, route=depth == "router", counterfactual=True,
-                    forced_depth=forced)
+        with autocast(device, dtype):
+            out = model(idx_t, adaptive=targets_t != -1, route=depth == "router", counterfactual=True,
+                        forced_depth=forced)
         pred, depth_run = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
         needed = depth_needed(out.exit_logits, targets_t).cpu().numpy()
         for b, ex in enumerate(chunk):
@@ -217,23 +219,50 @@ def blank_if_zero(depth):
     return int(depth) or ""
 
 
-def show_examples(model, task, rng, sizes, k, device, params):
-    """Greedy generation with the cache; every token printed with its depth."""
+def show_examples(model, task, rng, sizes, k, device, params, dtype="float32"):
+    """Greedy generation with the cache; every token printed with its depth,
+    and where it is wrong, what was expected: token:depth(!=expected)."""
     colour = sys.stdout.isatty()
     for _ in range(k):
         ex = tasks.make_example(task, rng, rng.randint(*sizes), **params)
         prompt = torch.tensor([tasks.encode(ex.prompt)], device=device)
-        tokens, depths = model.generate(prompt, len(ex.target) + 2, end_id=tasks.END)
+        with autocast(device, dtype):
+            tokens, depths = model.generate(prompt, len(ex.target) + 2, end_id=tasks.END)
         print(f"\nn={ex.n}  prompt: {' '.join(ex.prompt)}")
-        shown = []
-        for j, (t, d) in enumerate(zip(tasks.decode(tokens[0].tolist()), depths[0].tolist())):
-            ok = j < len(ex.target) and ex.target[j] == t
-            text = f"{t}:{d}" if ok else f"{t}:{d}(!={ex.target[j] if j < len(ex.target) else '-'})"
+        generated, shown = tasks.decode(tokens[0].tolist()), []
+        for j, (t, d) in enumerate(zip(generated, depths[0].tolist())):
+            text = f"{t}:{d}{judged(ex, generated, j)}"
             if colour:  # darker background = more iterations
                 text = f"\x1b[48;5;{232 + min(23, 3 * d)}m{text}\x1b[0m"
             shown.append(text)
         print("output (token:depth): " + " ".join(shown))
         print("target:               " + " ".join(ex.target))
+
+
+def judged(ex, generated, j):
+    """'' where the generated token j is right, else what was expected. On lang
+    the variable a query asks is random by design: another variable of the
+    prompt is not wrong, it only says which the target asked, (target:x);
+    and a value is judged by the variable the model's own query names."""
+    if j >= len(ex.target):
+        return "(!=-)"
+    expected = ex.target[j]
+    if ex.task == "lang" and tasks.by_chance(ex.features[j]) and lang_value(ex.prompt, generated[j]):
+        return "" if generated[j] == expected else f"(target:{expected})"
+    if ex.task == "lang" and ex.features[j]["kind"] == tasks.REFERENCE and j >= 2 and generated[j - 1] == "->":
+        expected = lang_value(ex.prompt, generated[j - 2]) or expected  # no variable named: the target's
+    return "" if generated[j] == expected else f"(!={expected})"
+
+
+def lang_value(prompt, name):
+    """The value a lang variable is bound to, chased through the prompt's
+    statements (x = y ;, y a value or another variable); None if unbound."""
+    bound = {prompt[i - 1]: prompt[i + 1] for i, token in enumerate(prompt) if token == "="}
+    chased = set()
+    while name in bound and name not in chased:
+        chased.add(name)
+        name = bound[name]
+    return name if chased and name in tasks.VALUES else None
 
 
 def parse_args(argv):
@@ -254,6 +283,9 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--show", type=int, default=0, help="print K generated examples with depths")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="float32 or bfloat16 (autocast): evaluation and generation run in it "
+                        "(default: the dtype the checkpoint was trained in)")
     p.add_argument("--out", default=None,
                    help="folder for tokens.csv and summary.json, created if missing "
                         "(a name ending in .csv or .json is refused: it is not a file name)")

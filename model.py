@@ -388,7 +388,8 @@ def exit_cross_entropy(exit_logits, targets, mask):
     against targets (B, T), the same at every exit, or (B, T, D), one per exit."""
     if targets.dim() == 2:
         targets = targets[..., None].expand(-1, -1, len(exit_logits))
-    return torch.stack([F.cross_entropy(lg[mask], targets[mask][:, d], reduction="none")
+    at = mask.nonzero(as_tuple=True)  # one host-device sync (indexing by the bool mask syncs at every use)
+    return torch.stack([F.cross_entropy(lg[at], targets[at][:, d], reduction="none")
                         for d, lg in enumerate(exit_logits)], -1)
 
 
@@ -403,7 +404,10 @@ class Halting:
     Both routers read detached representations, so halting never shapes them.
     It keeps the halting distribution log p(d) that `loss` trains. With
     forced_depth (an oracle, for evaluation) token i stops after exactly
-    forced_depth[i] iterations instead."""
+    forced_depth[i] iterations instead. Under bf16 autocast the router's
+    logits are taken back to the state's dtype (float32), so the halting
+    distribution is float32 on any device (CPU autocast would keep
+    log_softmax and cumsum in bf16; CUDA's does not)."""
 
     def __init__(self, model, embedded, h0, adaptive, route=True, cache=None, forced_depth=None):
         self.model, self.cfg, self.forced = model, model.cfg, forced_depth
@@ -411,7 +415,7 @@ class Halting:
         self.halt_logits = []  # online: a_k, with h_k = sigmoid(a_k)
         if self.cfg.router == "early":  # all hazards fixed before the recurrence
             logits = model.router(model.early_router_input(embedded, h0, adaptive, cache).detach())
-            self.log_p = F.log_softmax(logits, -1)
+            self.log_p = F.log_softmax(logits.to(h0.dtype), -1)
             self.early_stops = hazards_from_log_p(self.log_p) > self.cfg.halt_threshold
 
     def can_stop(self, k):
@@ -425,7 +429,7 @@ class Halting:
             return self.forced == k + 1
         if self.cfg.router == "early":
             return self.decides & self.early_stops[..., k]
-        self.halt_logits.append(self.model.router(state.detach()).squeeze(-1))
+        self.halt_logits.append(self.model.router(state.detach()).squeeze(-1).to(state.dtype))
         stop = torch.sigmoid(self.halt_logits[-1]) > self.cfg.halt_threshold
         if rows is not None:  # the running tokens' decisions in their places
             stop = stop.new_zeros(self.decides.numel()).index_copy_(0, rows, stop).view_as(self.decides)
@@ -469,10 +473,11 @@ class Skipping:
         if self.kv is None and len(self.rows) == 0:  # all at once (decoding one sequence: always)
             self.kv = block.keys_values(visible)
         else:
-            if self.kv is None:
-                self.kv = visible.new_empty(*visible.shape[:2], 2 * visible.shape[-1])
             frozen = halted.view(-1).nonzero().squeeze(1)
-            put(self.kv, frozen, block.keys_values(gather(visible, frozen)))
+            kv = block.keys_values(gather(visible, frozen))
+            if self.kv is None:  # in the dtype the block gives keys and values (bf16 under autocast)
+                self.kv = kv.new_empty(*visible.shape[:2], kv.shape[-1])
+            put(self.kv, frozen, kv)
         return len(self.rows) == 0
 
 
@@ -627,8 +632,9 @@ class KVCache:
         """Store k, v (B, H, T, head_dim) at the positions taken by `extend` in
         `layers` (one index, or a slice of several); return the keys and
         values of those layers up to these positions."""
-        if self.keys is None:
-            self.keys = k.new_empty(self.n_layers, *k.shape[:2], self.size, k.shape[3])
+        if self.keys is None:  # in the block's dtype, v's: under bf16 autocast the rotated keys
+            # are float32 (the rotary tables are) but attention reads them in bf16 anyway
+            self.keys = v.new_empty(self.n_layers, *k.shape[:2], self.size, k.shape[3])
             self.values = torch.empty_like(self.keys)
         self.keys[layers, :, :, self.start:self.length] = k
         self.values[layers, :, :, self.start:self.length] = v

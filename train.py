@@ -9,6 +9,8 @@ every step, periodic evaluation on a fixed held-out set.
 Writes to --out (default out/<task>-<router>/): ckpt.pt (model, optimizer,
 config, step, RNG state), log.jsonl (one JSON object per evaluation),
 config.json. Ctrl-C saves a checkpoint; --resume continues the same run.
+--dtype bfloat16 (the default on CUDA) runs every forward, training and
+evaluation, under bf16 autocast (`autocast`), as evaluate.py then does.
 """
 import argparse
 import dataclasses
@@ -37,13 +39,14 @@ DEFAULTS = dict(
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
-    seed=0, device="auto", out=None, resume=False,
+    seed=0, device="auto", dtype=None, out=None, resume=False,  # dtype None: by device, see default_dtype
 )
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
+    args.dtype = args.dtype or default_dtype(device)
     torch.manual_seed(args.seed)
     out_dir = args.out or os.path.join("out", f"{args.task}-{args.router}")
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -117,7 +120,7 @@ def main(argv=None):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx, targets, prompt, exits = training_batch(step, rng, args, device)
-            with autocast(device):
+            with autocast(device, args.dtype):
                 out = model(idx, adaptive=targets != -1, route=step >= args.halt_warmup, counterfactual=True)
                 loss, parts = model.loss(out, targets, args.ponder, prompt, exits)
             check_finite(loss.item(), step, ckpt_path)
@@ -177,8 +180,9 @@ def evaluate_held_out(model, examples, args, device, route=True):
         chunk = examples[i:i + 128]
         idx, targets, feats = tasks.make_batch(chunk)
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
-        out = model(idx_t, adaptive=targets_t != -1) if route else \
-            model(idx_t, adaptive=torch.zeros_like(targets_t, dtype=torch.bool))
+        with autocast(device, args.dtype):
+            out = model(idx_t, adaptive=targets_t != -1) if route else \
+                model(idx_t, adaptive=torch.zeros_like(targets_t, dtype=torch.bool))
         mask = targets_t != -1
         losses.append(torch.nn.functional.cross_entropy(out.logits[mask].float(), targets_t[mask]).item())
         ok = (out.logits.argmax(-1) == targets_t) | ~mask
@@ -302,11 +306,22 @@ def remaining_seconds(step, elapsed, args):
     return max(0.0, by_steps)
 
 
-def autocast(device):
-    """bf16 autocast on a GPU; plain float32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+DTYPES = ("float32", "bfloat16")
+
+
+def autocast(device, dtype):
+    """The context every forward of a run's model runs in, training, evaluation
+    and generation alike: with dtype "bfloat16", autocast on the device (CPU
+    included), where matmuls and attention run in bf16 and the weights and the
+    residual stream stay float32; with "float32", nothing changes."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+def default_dtype(device):
+    """--dtype's default: bf16 on a GPU, whose tensor cores run it fast; float32
+    on a CPU, where bf16 rounds more and saves nothing at this size (bench.py
+    speed, d_model 128, one thread of an AVX512-BF16 EPYC: the same ms/step)."""
+    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def pick_device(name):
@@ -320,7 +335,8 @@ def pick_device(name):
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
 MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False)
-RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops")  # beside the model's config
+CONFIG_FIELDS_ADDED = dict(dtype="float32")  # the same for train.py's flags (CPU runs were float32)
+RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "dtype")  # beside the model's config
 
 
 def load_checkpoint(path, args=None):
@@ -343,6 +359,7 @@ def load_checkpoint(path, args=None):
         fail(f"{path} was trained with a vocabulary of {ckpt['model_config'].get('vocab_size')} tokens; "
              f"tasks.py now has {len(tasks.VOCAB)}")
     ckpt["model_config"] = {**MODEL_FIELDS_ADDED, **ckpt["model_config"]}
+    ckpt["config"] = {**CONFIG_FIELDS_ADDED, **ckpt["config"]}
     if ckpt["model_config"].keys() != vars(ModelConfig()).keys():  # e.g. from before token_shift
         fail(f"{path} was written by another version of model.py; train it again")
     if args is not None:  # resuming: the same model and the same task
@@ -435,6 +452,10 @@ def parse_args(argv):
     p.add_argument("--eval-num", type=int, default=d["eval_num"], help="held-out examples")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--device", default=d["device"], help="auto, cpu or cuda")
+    p.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
+                   help="bfloat16: every forward (training, evaluation) under bf16 autocast, on "
+                        "any device; part of the run, which --resume must not change "
+                        "(default: bfloat16 on CUDA, float32 on a CPU)")
     p.add_argument("--out", default=d["out"], help="output folder (default out/<task>-<router>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     args = p.parse_args(argv)

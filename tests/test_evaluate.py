@@ -200,10 +200,51 @@ def test_show_prints_token_depth_pairs(evaluated, task):
     pairs = lines[0].split(":", 2)[2].split()
     assert pairs
     for pair in pairs:
-        pair = pair.split("(!=")[0]
+        pair = pair.split("(")[0]  # (!=expected), or on lang (target:the variable it asked)
         token, depth = pair.rsplit(":", 1)
         assert token in tasks.STOI, pair
         assert 1 <= int(depth) <= D, pair
+
+
+class Generates:
+    """A stand-in for the model in evaluate.show_examples: it generates `tokens`, each at depth 1."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def generate(self, prompt, max_new_tokens, end_id=None):
+        return torch.tensor([tasks.encode(self.tokens)]), torch.ones(1, len(self.tokens), dtype=torch.long)
+
+
+def test_show_judges_a_value_by_the_variable_the_model_asked(monkeypatch, capsys):
+    """lang: which variable a query asks is random by design. Where the model
+    asks another than the target, its value is right if it is that variable's
+    (chased through its bindings), and --show says which the target asked."""
+    def query(ex, q):  # the target's q-th query: (variable, value, hops)
+        return ex.target[4 * q], ex.target[4 * q + 2], ex.features[4 * q + 2]["hops"]
+
+    # an example whose second query has another value than the first, through 2 hops or more
+    ex = next(ex for seed in range(100) for ex in [tasks.make_example("lang", random.Random(seed), 5, **PARAMS["lang"])]
+              if query(ex, 1)[1] != query(ex, 0)[1] and query(ex, 1)[2] >= 2)
+    (asked, _, _), (other, value, _), (third, right, _) = query(ex, 0), query(ex, 1), query(ex, 2)
+    wrong = next(v for v in tasks.VALUES if v != right)
+    tokens = [other, "->", value, ";"] + ex.target[4:8] + [third, "->", wrong, ";"] + ex.target[12:]
+    monkeypatch.setattr(tasks, "make_example", lambda *args, **kwargs: ex)
+    evaluate.show_examples(Generates(tokens), "lang", random.Random(0), (5, 5), 1, "cpu", PARAMS["lang"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("output (token:depth):"))
+    shown = line.split(":", 2)[2].split()
+    assert shown[:3] == [f"{other}:1(target:{asked})", "->:1", f"{value}:1"]
+    assert shown[4:8] == [f"{t}:1" for t in ex.target[4:8]]
+    assert shown[10] == f"{wrong}:1(!={right})"
+    assert shown[12:] == [f"{t}:1" for t in ex.target[12:]]
+    # a query of no variable is wrong
+    tokens = ["->", "->", value] + ex.target[3:]
+    evaluate.show_examples(Generates(tokens), "lang", random.Random(0), (5, 5), 1, "cpu", PARAMS["lang"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("output (token:depth):"))
+    assert line.split(":", 2)[2].split()[0] == f"->:1(!={asked})"
+    # a variable's value, chased through its bindings; nothing for a value or an unbound name
+    assert evaluate.lang_value(ex.prompt, other) == value
+    assert evaluate.lang_value(ex.prompt, value) is None and evaluate.lang_value(ex.prompt, "->") is None
 
 
 def assert_one_error_line(code, err):
@@ -293,8 +334,13 @@ def test_a_deeper_model_runs_the_trained_iterations_first():
             assert torch.allclose(three.logits, trained(idx, route=False).logits, atol=1e-9)
             six = deeper(idx, route=False)
             assert (six.depth == 6).all() and not torch.allclose(six.logits, three.logits, atol=1e-3)
-            routed = deeper(idx)
-            assert int(routed.depth.max()) <= 6
+            routed, routed_trained = deeper(idx), trained(idx)
+            # the router carries on where the trained model had to stop: the same halts
+            # before depth 3, and tokens stopped at 3 (the trained last) halt at 3 or later,
+            # some at a depth never trained (4 or 5)
+            before = routed_trained.depth < 3
+            assert before.any() and torch.equal(routed.depth[before], routed_trained.depth[before])
+            assert (routed.depth[~before] >= 3).all() and ((routed.depth > 3) & (routed.depth < 6)).any()
             # causal at the extra depths too
             other = idx.clone()
             other[:, 9] = (idx[:, 9] + 1) % len(tasks.VOCAB)

@@ -1,6 +1,7 @@
-"""Tests for model.py: causality, frozen halted tokens, depth bounds, cached
-generation against the uncached forward, the halting-distribution math, the
-collapse guard of the training objective, and a tiny overfitting run.
+"""Tests for model.py: causality, frozen halted tokens, depth bounds, the
+halting rule, cached generation (and a prompt fed in pieces) against the
+uncached forward, the halting-distribution math, the collapse guard of the
+training objective, and a tiny overfitting run.
 
 Models are tiny (d_model 32, 2 heads, depth 3-4). Most tests randomize the
 weights with a large spread (`perturb`) so that the outputs vary from token
@@ -313,6 +314,88 @@ def test_counterfactual_forward_keeps_the_routed_logits_and_depths(router):
     assert torch.allclose(plain.logits, counterfactual.logits, atol=EXACT)
 
 
+# -----------------------------------------------------------------------------
+# the halting rule: a token stops after the first iteration whose hazard passes halt_threshold
+
+MARGIN = 1e-6  # hazards this close to the threshold are left out: round-off may tip them either way
+
+
+def early_hazards(m, idx):
+    """ANIRA-E's hazards (B, T, D), from scratch: h0 from the prelude,
+    p = softmax(router(h0)), h_k = p(k) / sum_{j>=k} p(j)."""
+    h0, pos = m.embed_tokens(idx), m.positions(idx.shape[1], idx.device)
+    for block in m.prelude:
+        h0 = block(h0, pos)
+    p = F.softmax(m.router(h0), -1)
+    return p / p.flip(-1).cumsum(-1).flip(-1)
+
+
+def routed_with_hazards(m, idx, adaptive):
+    """The inference forward and the hazards (B, T, D) it decided on. ANIRA-O's
+    are sigmoid(router(state after iteration k)) of the states the core block's
+    hook recorded, NaN after a token stopped. They are taken along the model's
+    own path because a state depends on which tokens halted before (they are
+    seen frozen); if every depth follows the rule on that path, by induction
+    on k the path is the one the rule makes."""
+    calls, handle = record_core_calls(m)
+    with torch.no_grad():
+        out = m(idx, adaptive=adaptive)
+        handle.remove()
+        if m.cfg.router == "early":
+            return out, early_hazards(m, idx)
+        hazards = torch.full((idx.numel(), m.cfg.max_depth), float("nan"))
+        for k, call in enumerate(calls):
+            hazards[call["run"], k] = torch.sigmoid(m.router(call["out"])).squeeze(-1)
+    return out, hazards.view(*idx.shape, -1)
+
+
+def halting_rule(hazards, adaptive, threshold):
+    """The depths the rule gives: the first k < D with h_k > threshold, else D
+    (D for the tokens the router does not decide); and which tokens are clear
+    of the threshold: no hazard the rule read is within MARGIN of it."""
+    D = hazards.shape[-1]
+    passes = hazards[..., :-1] > threshold  # NaN (not run) never passes
+    depth = torch.where(passes.any(-1) & adaptive, passes.int().argmax(-1) + 1, D)
+    read = torch.arange(1, D) <= depth[..., None]
+    near = ((hazards[..., :-1] - threshold).abs() < MARGIN) & read
+    return depth, ~near.any(-1), hazards[..., :-1][read & adaptive[..., None]]
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("router", ["early", "online"])
+def test_depth_is_the_first_iteration_whose_hazard_passes_the_threshold(router, threshold):
+    """Each adaptive token runs until the first iteration whose hazard passes
+    cfg.halt_threshold (not the logit, not p(k), not a fixed 0.5), in the
+    inference forward and in cached generation; the others run max_depth."""
+    D = 4
+    m = perturb(make(router, D=D, seed=0, halt_threshold=threshold), router_std=0.3).eval()
+    idx = torch.randint(0, V, (4, 24), generator=torch.Generator().manual_seed(0))
+    adaptive = torch.ones_like(idx, dtype=torch.bool)
+    adaptive[:, :5] = False  # a prompt
+    out, hazards = routed_with_hazards(m, idx, adaptive)
+    depth, clear, read = halting_rule(hazards, adaptive, threshold)
+    assert clear.float().mean() > 0.9
+    assert torch.equal(out.depth[clear], depth[clear])
+    assert len(torch.unique(depth[adaptive & clear])) >= 3
+    with torch.no_grad():  # the training forward halts by the same rule
+        assert torch.equal(m(idx, adaptive=adaptive, counterfactual=True).depth, out.depth)
+    # hazards close on both sides of the threshold: another rule would give other depths
+    assert ((read > threshold) & (read < threshold + 0.1)).any()
+    assert ((read <= threshold) & (read > threshold - 0.1)).any()
+
+    # generate(): the depths the rule gives on the teacher-forced sequence
+    P = 8
+    prompt = idx[:, :P]
+    tokens, depths = m.generate(prompt, 12)
+    adaptive = torch.zeros(4, P + 11, dtype=torch.bool)
+    adaptive[:, P - 1:] = True
+    _, hazards = routed_with_hazards(m, torch.cat([prompt, tokens[:, :-1]], 1), adaptive)
+    depth, clear, _ = halting_rule(hazards, adaptive, threshold)
+    depth, clear = depth[:, P - 1:], clear[:, P - 1:]
+    assert clear.float().mean() > 0.9 and len(torch.unique(depth[clear])) >= 2
+    assert torch.equal(depths[clear], depth[clear])
+
+
 class RecordingCache(KVCache):
     instances = []
 
@@ -414,6 +497,27 @@ def test_generate_matches_uncached_forward(router, share, reinject, more):
         tb, db = m.generate(prompt[b:b + 1], N)
         assert torch.equal(tb[0], tokens[b]) and torch.equal(db[0], depths[b])
         assert torch.allclose(cached_logits(m, prompt[b:b + 1], tokens[b:b + 1])[0][0], logits[b], atol=EXACT, rtol=0)
+
+
+@pytest.mark.parametrize("router,share,reinject,more", CONFIGS + [("early", True, False, {"early_input": "prompt"})],
+                         ids=CONFIG_IDS + ["early-prompt-input"])
+def test_prompt_in_chunks_through_the_cache_equals_the_uncached_forward(router, share, reinject, more):
+    """A sequence fed through the cache in pieces (several tokens, then one,
+    then several after the cached ones, where the mask is not plain causal)
+    gives the logits and depths of one uncached forward, halted tokens included."""
+    D, B, T = 4, 3, 20
+    m = perturb(make(router, share, reinject, **more, D=D, seed=8)).eval()
+    idx = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(8))
+    adaptive = torch.ones_like(idx, dtype=torch.bool)
+    adaptive[:, :4] = False  # a prompt in the first piece (early_input "prompt" reads it there)
+    cache = KVCache(T, m.cfg.n_prelude + D)
+    with torch.no_grad():
+        whole = m(idx, adaptive=adaptive)
+        pieces = [m(idx[:, lo:hi], adaptive=adaptive[:, lo:hi], cache=cache) for lo, hi in ((0, 7), (7, 8), (8, T))]
+    if router != "none":  # tokens of the last piece halt at different depths
+        assert len(torch.unique(whole.depth[:, 8:])) >= 2
+    assert torch.equal(torch.cat([p.depth for p in pieces], 1), whole.depth)
+    assert torch.allclose(torch.cat([p.logits for p in pieces], 1), whole.logits, atol=EXACT, rtol=0)
 
 
 @pytest.mark.parametrize("router", ["early", "online"])
@@ -755,7 +859,7 @@ def test_router_reads_detached_states(router):
     _, idx, targets = dfs_batch(13)
     mask = targets != -1
     out = trained(m, idx, targets, ponder=0.05)
-    assert len(torch.unique(out.depth[mask])) >= 1
+    assert len(torch.unique(out.depth[mask])) >= 2  # the router really decides: depths differ
     # the halting loss alone reaches the router only
     halt = F.nll_loss(out.log_p_depth[mask], torch.randint(0, 4, (int(mask.sum()),)))
     m.zero_grad()
