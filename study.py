@@ -100,11 +100,11 @@ def main(argv=None):
     check_same_settings(previous, args)
     if args.only:
         jobs = [j for j in jobs if job_name(*j) == args.only] or train.fail(f"--only {args.only}: no such run")
-    rows = run_jobs(jobs, args)
+    rows = [row for row in run_jobs(jobs, args) if row]  # --finished: None for a run still training
     if args.only:  # one line of a plan: the report step gathers the runs
         return
     command = " ".join(["python study.py", *(sys.argv[1:] if argv is None else argv)])
-    speed = {r: generation_speed(r, args) for r in args.regimes}
+    speed = {r: s for r in args.regimes if (s := generation_speed(r, args))}
     results = merge_results(previous, rows, {r: regime_spec(r, args) for r in args.regimes}, speed, command)
     analyze.write(Path(args.out) / "results.json",
                   json.dumps(analyze.nan_to_none(results), indent=1, allow_nan=False))
@@ -122,9 +122,9 @@ def run_jobs(jobs, args):
     print(f"{len(jobs)} runs in {args.out}, {args.jobs} at a time, {env['OMP_NUM_THREADS']} thread(s) each",
           flush=True)
     return run_in_parallel([partial(run_point, regime, seed, point, args, env) for regime, seed, point in jobs],
-                           args.jobs, lambda row: f"{row['regime']} seed {row['seed']} {row['run']}: "
-                                                  f"exact-match {row['exact_match']:.3f} at mean depth "
-                                                  f"{row['mean_depth']:.2f}")
+                           args.jobs, lambda row: "not finished: skipped" if row is None else
+                           f"{row['regime']} seed {row['seed']} {row['run']}: exact-match {row['exact_match']:.3f} "
+                           f"at mean depth {row['mean_depth']:.2f}")
 
 
 def write_report(out):
@@ -180,6 +180,8 @@ def run_point(regime, seed, point, args, env):
     flags += ["--dtype", args.dtype] if args.dtype else []  # evaluate.py follows the checkpoint's
     if args.quick:  # seconds per run: a tiny model
         flags += ["--eval-every", "3", "--eval-num", "8", "--halt-warmup", "3", "--warmup", "2", "--d-model", "32"]
+    if args.finished and not finished(run, steps):
+        return None
     log = train_unless_finished(run, flags, steps, env)
     evaluate_once(os.path.join(run, "ckpt.pt"), ["--sizes", f"{lo}-{spec['ood_to']}", "--num", str(args.num),
                                                  "--device", args.device, "--out", run], run + ".eval.log", env)
@@ -196,18 +198,22 @@ def run_point(regime, seed, point, args, env):
     return row
 
 
+def finished(run, steps):
+    log = analyze.read_jsonl(os.path.join(run, "log.jsonl"))
+    return bool(log) and log[-1]["step"] >= steps
+
+
 def train_unless_finished(run, flags, steps, env):
     """train.py, resumed from its checkpoint if there is one; its log."""
-    log = analyze.read_jsonl(os.path.join(run, "log.jsonl"))
-    if not log or log[-1]["step"] < steps:
+    if not finished(run, steps):
         resume = ["--resume"] if os.path.isfile(os.path.join(run, "ckpt.pt")) else []
         run_logged(script("train.py") + flags + resume, run + ".train.log", env)
-        log = analyze.read_jsonl(os.path.join(run, "log.jsonl"))
-        if not log or log[-1]["step"] < steps:  # train.py saved and stopped on Ctrl-C: evaluate no half-run
+        if not finished(run, steps):  # train.py saved and stopped on Ctrl-C: evaluate no half-run
+            log = analyze.read_jsonl(os.path.join(run, "log.jsonl"))
             print(f"{run}: stopped at step {log[-1]['step'] if log else 0} of {steps}, not evaluated",
                   file=sys.stderr)
             raise KeyboardInterrupt
-    return log
+    return analyze.read_jsonl(os.path.join(run, "log.jsonl"))
 
 
 def thinking_longer(run, router, longer, args, env):
@@ -241,12 +247,14 @@ def generation_speed(regime, args):
     the routed model against the same weights at max_depth, at the routed
     mean depth rounded up, and at depth 1, which cost what fixed-depth models
     of those depths cost. Measured once, then read back (measured again if
-    the ponders changed)."""
+    the ponders changed). None with --finished if one of them is still training."""
     path = os.path.join(args.out, regime, "speed.json")
     D = 2 if args.quick else args.max_depth
     ponders = args.ponders or [REGIMES[regime]["ponder"]]
     ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
              for router in REGIMES[regime].get("routers", ("early", "online")) for p in ponders]
+    if args.finished and not all(finished(os.path.dirname(c), regime_spec(regime, args)["steps"]) for c in ckpts):
+        return None
     if not os.path.isfile(path) or [m["model"] for m in analyze.read_json(path)["models"]] != ckpts:
         speed = ["--quick"] if args.quick else ["--rounds", "5", "--batch-sizes", "1,32"]
         run_logged(script("bench.py") + ["generate", "--ckpt", *ckpts, "--json", path, *speed],
@@ -380,9 +388,9 @@ def verdicts(results):
         runs = [r for r in results["runs"] if r["regime"] == regime]
         if not runs:
             continue
-        fixed = fixed_depth_means(runs)
+        fixed = fixed_depth_means(runs)  # alignment, accuracy and speed are judged against them
         routed = by_run([r for r in runs if r["router"] != "none"])
-        for name, seeds in routed.items():
+        for name, seeds in routed.items() if fixed else ():
             out.append(("supervised alignment" if supervised(spec) else "alignment", regime, name,
                         *alignment(seeds, spec["feature"], fixed)))
         for name, seeds in routed.items():
@@ -391,9 +399,9 @@ def verdicts(results):
             early, online = (routed.get(f"{router}-p{ponder:g}") for router in ("early", "online"))
             if early and online:
                 out.append(("decision timing", regime, f"ponder {ponder:g}", *timing(early, online)))
-        for name, seeds in routed.items():
+        for name, seeds in routed.items() if fixed else ():
             out.append(("accuracy against compute", regime, name, *accuracy(seeds, fixed)))
-        for model in (results.get("speed", {}).get(regime) or {}).get("models", []):
+        for model in (results.get("speed", {}).get(regime) or {}).get("models", []) if fixed else ():
             name = os.path.basename(os.path.dirname(model["model"]))
             if name in routed:
                 out.append(("generation speed", regime, name, *generation(model, routed[name], fixed)))
@@ -858,6 +866,9 @@ def parse_args(argv):
     p.add_argument("--report", action="store_true", help="only write report.md again from --out's results.json")
     p.add_argument("--plan", default=None, metavar="FILE",
                    help="write one command line per run to FILE (for a job array or GNU parallel) and stop")
+    p.add_argument("--finished", action="store_true",
+                   help="train nothing: gather the runs that have finished training (evaluated, analysed), "
+                        "skip the others, write results.json and the report (e.g. while a plan still runs)")
     p.add_argument("--only", default=None, metavar="REGIME/sSEED/RUN",
                    help="run only this run (a line of --plan); no results.json, no report")
     args = p.parse_args(argv)

@@ -419,11 +419,23 @@ def test_the_plan_runs_anywhere_and_the_report_trains_nothing(tmp_path):
     assert len(lines) == 4 and all("--only dfs/s0/" in line for line in lines)
     assert [line.split("--only dfs/s0/")[1] for line in lines] == \
         ["early-p0.002", "online-p0.002", "none-d2", "none-d1"]  # longest first
-    loop = subprocess.run(["bash", "-c", "while read -r line; do (cd / && bash -c \"$line\") || exit 1; done "
-                                         "< plan.txt"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=env)
-    assert loop.returncode == 0, loop.stdout + loop.stderr
+
+    def run_lines(first, last):  # as a job array would, each line from another folder
+        loop = subprocess.run(["bash", "-c", f"sed -n '{first},{last}p' plan.txt | while read -r line; do "
+                                             "(cd / && bash -c \"$line\") || exit 1; done"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert loop.returncode == 0, loop.stdout + loop.stderr
+
+    run_lines(1, 2)
     assert not (tmp_path / "s" / "results.json").exists()  # a plan's line writes no report
+    # what has finished so far, while the other lines have not run: gathered, the rest skipped
+    res = subprocess.run([sys.executable, os.path.join(REPO, "study.py"), *common, "--finished"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr
+    assert {r["run"] for r in json.loads((tmp_path / "s" / "results.json").read_text())["runs"]} == \
+        {"early-p0.002", "online-p0.002"}
+    assert not (tmp_path / "s" / "dfs" / "s0" / "none-d1").exists()  # --finished trained nothing
+    run_lines(3, 4)
     run_dir = tmp_path / "s" / "dfs" / "s0"
     logs = {p.name: p.read_text() for p in run_dir.glob("*.log")}
     assert set(logs) == {f"{r}.{what}.log" for r in ("early-p0.002", "online-p0.002", "none-d1", "none-d2")
