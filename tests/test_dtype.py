@@ -22,7 +22,8 @@ import bench
 import evaluate
 import tasks
 import train
-from model import ANIRA, ROUTERS, KVCache, ModelConfig
+from model import ANIRA, ROUTERS, ModelConfig
+from test_model import cached_logits
 
 V = len(tasks.VOCAB)
 D = 4
@@ -133,18 +134,6 @@ def test_bf16_agrees_with_float32_at_a_forced_depth(router):
     assert_close(b16_train.logits, f32_train.logits, tol)
     for a, b in zip(b16_train.exit_logits, f32_train.exit_logits):
         assert_close(a, b, tolerance(m, b))
-
-
-def cached_logits(m, prompt, tokens):
-    """The logits and depths of the positions from the prompt's last on, run as
-    generate() runs them: the prompt, then one token at a time with a cache."""
-    cache = KVCache(prompt.shape[1] + tokens.shape[1] - 1, m.cfg.n_prelude + m.cfg.max_depth)
-    adaptive = torch.zeros_like(prompt, dtype=torch.bool)
-    adaptive[:, -1] = True
-    with torch.no_grad():
-        outs = [m(prompt, adaptive=adaptive, cache=cache)]
-        outs += [m(tokens[:, j:j + 1], cache=cache) for j in range(tokens.shape[1] - 1)]
-    return torch.cat([o.logits[:, -1:] for o in outs], 1), torch.cat([o.depth[:, -1:] for o in outs], 1)
 
 
 @pytest.mark.parametrize("router", ROUTERS)
