@@ -112,9 +112,8 @@ def main(argv=None):
 
 
 def run_jobs(jobs, args):
-    """Train, evaluate and analyse every job, --jobs at a time, longest first
-    (adaptive routers, deep fixed depths) so that the last ones are short."""
-    jobs = sorted(jobs, key=lambda j: (j[2][0] == "none", -j[2][1]))
+    """Train, evaluate and analyse every job, --jobs at a time, longest first."""
+    jobs = longest_first(jobs)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     # one line of a plan runs with the threads its scheduler gave it
     env = dict(os.environ) if args.only and "OMP_NUM_THREADS" in os.environ else \
@@ -132,7 +131,7 @@ def write_report(out):
     results = read_results(out) or train.fail(f"{out}/results.json: not found; run the study first")
     figures = [f for regime in results["regimes"] if (f := plot_curve(results["runs"], regime, out))]
     analyze.write(Path(out) / "report.md", report(results, figures))
-    print(f"wrote {out}/results.json, report.md" + (f" and {len(figures)} figure(s)" if figures else ""))
+    print(f"wrote {out}/report.md" + (f" and {len(figures)} figure(s)" if figures else ""))
 
 
 def points(regime, args):
@@ -143,6 +142,11 @@ def points(regime, args):
     depths = sorted({min(d, D) for d in spec.get("fixed_depths", range(1, D + 1))})
     return [("none", d, None) for d in depths] + \
         [(router, D, p) for router in spec.get("routers", ("early", "online")) for p in ponders]
+
+
+def longest_first(jobs):
+    """Adaptive routers, then the deepest fixed depths: the last runs to finish are short."""
+    return sorted(jobs, key=lambda j: (j[2][0] == "none", -j[2][1]))
 
 
 def run_name(point):
@@ -751,7 +755,7 @@ def write_plan(jobs, args, argv):
     folder; each resumes. Generation speed needs every run finished and quiet
     cores: the report step measures it, `python study.py` with the same
     options, which then trains nothing."""
-    jobs = sorted(jobs, key=lambda j: (j[2][0] == "none", -j[2][1]))
+    jobs = longest_first(jobs)
     common = ["--out", args.out, "--max-depth", str(args.max_depth), "--num", str(args.num), "--device", args.device]
     common += ["--quick"] * args.quick + (["--ponders", ",".join(f"{p:g}" for p in args.ponders)] if args.ponders else [])
     if args.sizes:
