@@ -2,6 +2,7 @@
 Speed and quality benchmarks: the targets that tests must not time.
 
     python bench.py speed                       # training steps/s per router, alternating
+    python bench.py profile --task lang --chain-order reverse --hints on   # where a training step's time goes
     python bench.py data                        # examples/s of every task generator
     python bench.py check out/dfs-online        # a finished run against the quality bars
     python bench.py generate --ckpt out/dfs-early/ckpt.pt out/dfs-online/ckpt.pt   # halting's saving at inference
@@ -9,6 +10,8 @@ Speed and quality benchmarks: the targets that tests must not time.
 `speed` times training steps of every router on the same batches, in
 alternating order, and reports medians and the ratio to router none: timings
 on a shared CPU are noisy, so only same-run ratios are worth quoting.
+`profile` splits train.py's own training step (any train.py flags) by part,
+and puts the step's matmul FLOP rate beside this machine's (see `profile`).
 `check` reads log.jsonl of a run made with train.py's defaults and checks the
 bars of the project: >= 90% greedy exact-match on held-out examples of the
 training sizes within 15 minutes, and for an adaptive router a mean depth
@@ -47,6 +50,10 @@ def main(argv=None):
     s.add_argument("--rounds", type=int, default=15)
     s.add_argument("--dtype", choices=train.DTYPES, default="float32",
                    help="train.py --dtype of the steps (default float32, train.py's on a CPU)")
+    f = sub.add_parser("profile", help="a training step's time by part, beside the machine's matmul rate",
+                       description="Any further flags are train.py's: the run whose step is profiled "
+                                   "(default: the main job, train.py --task dfs --router online).")
+    f.add_argument("--rounds", type=int, default=10, help="steps timed, after two to warm up")
     d = sub.add_parser("data", help="examples per second of each task generator")
     d.add_argument("--num", type=int, default=5000)
     c = sub.add_parser("check", help="check a finished run against the quality bars")
@@ -63,7 +70,11 @@ def main(argv=None):
     g.add_argument("--dtype", choices=train.DTYPES, default=None,
                    help="generation under train.py's autocast of this dtype (default: each "
                         "checkpoint's training dtype; the models trained on the spot: float32)")
-    args = p.parse_args(argv)
+    args, train_flags = p.parse_known_args(argv)
+    if args.what == "profile":
+        return profile(args, train.parse_args(train_flags))
+    if train_flags:
+        p.error(f"unrecognized arguments: {' '.join(train_flags)}")
     if args.what == "speed":
         speed(args)
     elif args.what == "data":
@@ -107,6 +118,98 @@ def speed(args):
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:>10} {1000 * med:>8.0f} {med / base:>8.2f}")
+
+
+def profile(args, run):
+    """Where a training step of `run` (train.py's parsed flags) goes: its
+    batch (data), the forward split by module (prelude; the shared block at
+    every iteration; the router; the head, at every exit), what is left of
+    the forward (embeddings, the frozen tokens' keys and values of the
+    counterfactual, halting), the loss, backward, the optimizer; medians of
+    --rounds steps, on the CPU's clock (a GPU's would need synchronising).
+    Then the step's matmul FLOPs (torch's FlopCounterMode, forward and
+    backward) per second against a 1024^3 float32 matmul's, measured in the
+    same run, and the held-out evaluation's share of a run of run.max_iters."""
+    torch.manual_seed(0)
+    device, run.dtype = torch.device("cpu"), run.dtype or "float32"
+    model = ANIRA(train.model_config(run))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, betas=(0.9, 0.95))
+    parts = {"prelude": list(model.prelude), "block": list(model.core), "head": [model.head]}
+    parts["router"] = [model.router] if run.router != "none" else []
+    clock = module_clock(parts)
+    rng, rows = random.Random(0), []
+    for r in range(args.rounds + 2):  # two to warm up
+        step = run.halt_warmup + r  # routing on, past the curriculum's small examples if any
+        t = [time.perf_counter()]
+        idx, targets, prompt, exits = train.training_batch(max(step, run.curriculum), rng, run, device)
+        t.append(time.perf_counter())
+        clock.clear()
+        with train.autocast(device, run.dtype):
+            out = model(idx, adaptive=targets != -1, counterfactual=True)
+            t.append(time.perf_counter())
+            loss, _ = model.loss(out, targets, run.ponder, prompt, exits)
+        t.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+        optimizer.step()
+        t.append(time.perf_counter())
+        forward = dict(clock)
+        forward["forward, the rest"] = t[2] - t[1] - sum(forward.values())
+        rows.append({"data": t[1] - t[0], **forward, "loss": t[3] - t[2], "backward": t[4] - t[3],
+                     "optimizer": t[5] - t[4], "step": t[5] - t[0], "tokens": idx.numel()})
+    rows = rows[2:]
+    step = statistics.median(r["step"] for r in rows)
+    print(f"{run.task} / {run.router}, max_depth {run.max_depth}, batch {run.batch_size}, {run.dtype}, "
+          f"{torch.get_num_threads()} threads: median of {args.rounds} steps, {1000 * step:.0f} ms, "
+          f"{statistics.median(r['tokens'] for r in rows) / step:.0f} tokens/s")
+    print(f"{'part':>18} {'ms':>7} {'share':>6}")
+    for name in rows[0]:
+        if name not in ("step", "tokens"):
+            ms = statistics.median(r[name] for r in rows)
+            print(f"{name:>18} {1000 * ms:>7.1f} {ms / step:>6.1%}")
+    flops = step_flops(model, run, device)
+    rate = matmul_rate()
+    print(f"matmul FLOPs of a step {flops / 1e9:.1f} G: {flops / step / 1e9:.1f} GFLOP/s, "
+          f"{flops / step / rate:.0%} of a 1024^3 float32 matmul's {rate / 1e9:.1f} GFLOP/s")
+    held_out = tasks.sample_examples(run.task, random.Random(1), run.size_range, run.eval_num,
+                                     **train.task_params(vars(run)))
+    evaluation = timed(train.evaluate_held_out, model, held_out, run, device)
+    run_seconds = run.max_iters * step + (run.max_iters // run.eval_every + 1) * evaluation
+    print(f"held-out evaluation {evaluation:.2f} s, every {run.eval_every} steps: "
+          f"{(run.max_iters // run.eval_every + 1) * evaluation / run_seconds:.0%} of a {run.max_iters}-step run")
+
+
+def module_clock(parts):
+    """{part: seconds} spent in the forward of the modules of each part since
+    the last clear(), by forward hooks (on the CPU, whose ops run as called)."""
+    clock, started = {}, {}
+    for name, modules in parts.items():
+        for m in modules:
+            m.register_forward_pre_hook(lambda mod, _: started.__setitem__(mod, time.perf_counter()))
+            m.register_forward_hook(lambda mod, _, __, name=name: clock.__setitem__(
+                name, clock.get(name, 0.0) + time.perf_counter() - started[mod]))
+    return clock
+
+
+def step_flops(model, run, device):
+    """Matmul FLOPs of one training step, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+    idx, targets, prompt, exits = train.training_batch(max(run.halt_warmup, run.curriculum), random.Random(0),
+                                                       run, device)
+    with FlopCounterMode(display=False) as counter:
+        out = model(idx, adaptive=targets != -1, counterfactual=True)
+        model.loss(out, targets, run.ponder, prompt, exits)[0].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_rate(n=1024, rounds=20):
+    """FLOP/s of an n x n float32 matmul on this machine now (median)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n ** 3 / statistics.median(timed(torch.matmul, a, b) for _ in range(rounds))
 
 
 def data_speed(args):

@@ -69,3 +69,19 @@ def test_a_small_model_stopped_short_is_trained_on_not_reused(tmp_path, monkeypa
     monkeypatch.setattr(bench.train, "main", lambda argv: None)  # Ctrl-C again: nothing more trained
     with pytest.raises(KeyboardInterrupt):
         bench.load_or_train("online", quick=True)
+
+
+def test_profile_splits_a_step_into_parts_that_add_up(capsys):
+    """With one timed step every median is that step's own time: the parts
+    (data, forward by module and the rest, loss, backward, optimizer) must
+    add up to the whole step."""
+    bench.main(["profile", "--rounds", "1", "--d-model", "32", "--batch-size", "4", "--max-depth", "2",
+                "--eval-num", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    step_ms = float(lines[0].split(" ms, ")[0].rsplit(" ", 1)[1])
+    parts = {line[:18].strip(): float(line[18:].split()[0]) for line in lines[2:11]}
+    assert list(parts) == ["data", "prelude", "block", "head", "router", "forward, the rest", "loss", "backward",
+                           "optimizer"]
+    assert all(ms >= 0 for ms in parts.values()) and parts["block"] > 0 and parts["backward"] > 0
+    assert sum(parts.values()) == pytest.approx(step_ms, abs=0.05 * len(parts) + 0.5)  # each printed to 0.1 ms
+    assert "matmul FLOPs of a step" in lines[11] and "held-out evaluation" in lines[12]
