@@ -55,8 +55,8 @@ def main(argv=None):
     config = ckpt["config"]
     dtype = args.dtype or config["dtype"]
     task, router, train_sizes = config["task"], config["router"], tuple(config["size_range"])
-    if args.depth == "hops" and task != "lang":
-        fail("--depth hops: only lang's references have a number of hops")
+    if args.depth in ("hops", "4x", "control") and task != "lang":
+        fail(f"--depth {args.depth}: only lang's references have a number of hops")
     params = {**task_params(config), **({"hops": args.hops} if args.hops else {})}
     if args.hops and task != "lang":
         fail("--hops is a parameter of the lang task")
@@ -89,6 +89,7 @@ def main(argv=None):
     sample = 0
     pooled = {False: [], True: []}  # in distribution / OOD: per example, its rows and exact-match
     by_hops = {}  # lang: hops -> (correct, depth) of every reference
+    hop_exits = []  # lang: per reference, whether each exit named its hop
     with open(os.path.join(out_dir, "tokens.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header + features)
@@ -96,8 +97,9 @@ def main(argv=None):
             rng = random.Random(args.seed * 1000 + n)
             examples = [tasks.make_example(task, rng, n, **params) for _ in range(args.num)]
             correct, depth, exact, reference = [], [], [], []
-            for rows in token_rows(model, examples, args.batch_size, device, args.depth, dtype):
-                for pos, (target, pred, ok, needed, d, feats) in enumerate(rows):
+            for rows in token_rows(model, examples, args.batch_size, device, args.depth, dtype,
+                                   task_params(config).get("hops")):
+                for pos, (target, pred, ok, needed, d, feats, hops_right) in enumerate(rows):
                     writer.writerow([task, router, sample, n, pos, target, pred, int(ok), needed, d]
                                     + [feats[k] for k in features])
                     correct.append(ok)
@@ -105,6 +107,7 @@ def main(argv=None):
                     if references and feats["kind"] == tasks.REFERENCE:
                         reference.append(ok)
                         by_hops.setdefault(feats["hops"], []).append((ok, d))
+                        hop_exits.append(hops_right)
                 exact.append(all(r[2] for r in rows if not tasks.by_chance(r[5])))
                 sample += 1
             ood = not train_sizes[0] <= n <= train_sizes[1]
@@ -124,6 +127,9 @@ def main(argv=None):
                               for h, v in sorted(by_hops.items())]
         print("by hops: " + ", ".join(f"{r['hops']}: {r['reference_acc']:.3f} @ {r['mean_depth']:.2f}"
                                       for r in summary["by_hops"]))
+        summary["per_step"] = per_step_accuracy(hop_exits)
+        print(f"per-step accuracy p {summary['per_step']['p']} over {summary['per_step']['steps']} steps "
+              f"(exit k names hop k, given exit k-1 named hop k-1; by k: {summary['per_step']['by_step']})")
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nwrote {os.path.join(out_dir, 'tokens.csv')} and summary.json")
@@ -141,39 +147,89 @@ def pool(sizes, references):
 
 
 @torch.no_grad()
-def token_rows(model, examples, batch_size, device, depth="router", dtype="float32"):
+def token_rows(model, examples, batch_size, device, depth="router", dtype="float32", trained_hops=None):
     """Yield, per example, a list of (target, pred, correct, depth_needed,
-    depth, features) for its target tokens. Teacher-forced: since every
+    depth, features, hop_exits) for its target tokens. Teacher-forced: since every
     prediction is the argmax of the same forward that greedy decoding runs, an
     example is an exact match under greedy decoding iff all its rows are
     correct. It runs the counterfactual forward, which also continues every
     token to max_depth and returns an exit per depth (for depth_needed); the
     tokens' own depths and predictions are those of plain inference. `depth`:
-    see DEPTHS; `dtype`: train.autocast's."""
+    see DEPTHS (trained_hops for "control"); `dtype`: train.autocast's.
+    hop_exits, for a lang reference: whether exit k names the k-th hop of
+    its chase (the value at the last), k = 1..its hops (at most max_depth);
+    None for any other token."""
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         idx, targets, feats = tasks.make_batch(chunk)
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
-        forced = None
-        if depth == "hops":  # the oracle: a k-hop reference runs k iterations, other answer tokens 1
-            hops = torch.from_numpy(np.nan_to_num(feats["hops"])).long().to(device).clamp(1, model.cfg.max_depth)
-            forced = torch.where(targets_t != -1, hops, model.cfg.max_depth)
+        forced = forced_depth(depth, feats, targets_t, model.cfg.max_depth, trained_hops)
         with autocast(device, dtype):
             out = model(idx_t, adaptive=targets_t != -1, route=depth == "router", counterfactual=True,
                         forced_depth=forced)
         pred, depth_run = out.logits.argmax(-1).cpu().numpy(), out.depth.cpu().numpy()
         needed = depth_needed(out.exit_logits, targets_t).cpu().numpy()
+        hop_right = hop_exits_right(out.exit_logits, chunk, targets)
         for b, ex in enumerate(chunk):
             where = np.flatnonzero(targets[b] != -1)
             yield [(ex.target[j], tasks.VOCAB[pred[b, p]], ex.target[j] == tasks.VOCAB[pred[b, p]],
-                    blank_if_zero(needed[b, p]), int(depth_run[b, p]),
-                    ex.features[j]) for j, p in enumerate(where)]
+                    blank_if_zero(needed[b, p]), int(depth_run[b, p]), ex.features[j],
+                    hop_exits(hop_right, ex, b, j, p)) for j, p in enumerate(where)]
+
+
+def forced_depth(depth, feats, targets, max_depth, trained_hops=None):
+    """(B, T) iterations per token for an oracle --depth; None for the router
+    and "max" (the router switched off runs every token to max_depth)."""
+    if depth == "control":
+        return torch.full_like(targets, min(trained_hops, max_depth))
+    if depth not in ("hops", "4x"):
+        return None
+    hops = torch.from_numpy(np.nan_to_num(feats["hops"])).long().to(targets.device)
+    hops = (hops * (4 if depth == "4x" else 1)).clamp(1, max_depth)
+    return torch.where(targets != -1, hops, max_depth)  # the prompt as routers leave it: max_depth
+
+
+def hop_exits_right(exit_logits, examples, targets):
+    """(B, T, D) numpy bool: exit k names its target of tasks.exit_targets (the
+    k-th hop of a chase); None where the examples have no chases."""
+    if examples[0].hints is None:
+        return None
+    hop_targets = torch.from_numpy(tasks.exit_targets(examples, targets, len(exit_logits)))
+    return (torch.stack([lg.argmax(-1).cpu() for lg in exit_logits], -1) == hop_targets).numpy()
+
+
+def hop_exits(hop_right, ex, b, j, p):
+    if hop_right is None or ex.features[j].get("kind") != tasks.REFERENCE:
+        return None
+    D = hop_right.shape[-1]  # the last exit is trained on the answer: a chase longer than D is judged to D - 1
+    return tuple(bool(x) for x in hop_right[b, p, :len(ex.hints[j]) if len(ex.hints[j]) <= D else D - 1])
+
+
+def per_step_accuracy(hop_exits):
+    """p, the step's reliability: of the steps k >= 2 of every chase whose
+    exit k-1 named the (k-1)-th hop, the share whose exit k names the k-th,
+    pooled and by k; `first`, exit 1 naming the first hop. At k hops an
+    accuracy below p^k is drift, a low p a weak step (SPEC section 9)."""
+    given, both = {}, {}
+    for right in hop_exits:
+        for k in range(1, len(right)):
+            if right[k - 1]:
+                given[k + 1] = given.get(k + 1, 0) + 1
+                both[k + 1] = both.get(k + 1, 0) + right[k]
+    total = sum(given.values())
+    return {"p": round(sum(both.values()) / total, 4) if total else None, "steps": total,
+            "first": round(float(np.mean([r[0] for r in hop_exits if r])), 4),
+            "by_step": {k: round(both[k] / given[k], 4) for k in sorted(given)}}
 
 
 DEPTHS = {  # --depth: who decides each answer token's number of iterations
     "router": "the router decides (router none: max_depth)",
     "max": "every token runs max_depth (the oracle of thinking as long as allowed)",
     "hops": "each reference runs exactly its number of hops, other answer tokens 1 (lang's oracle)",
+    "4x": "each reference runs 4 times its hops (at most max_depth), other answer tokens 1: does an answer, "
+          "once found, stay put (no overthinking)?",
+    "control": "every token runs the longest chain's hops the checkpoint was trained on (lang): a longer "
+               "chain resolved there was read off the prompt, not chased",
 }
 
 

@@ -198,7 +198,7 @@ def run_point(regime, seed, point, args, env):
     if "reference_acc" in inside:  # lang: the share of values resolved through their chains
         row.update(reference_acc=inside["reference_acc"], reference_acc_ood=outside["reference_acc"])
     if "longer" in spec:
-        row["longer"] = thinking_longer(run, router, spec["longer"], args, env)
+        row["longer"], row["longer_p"] = thinking_longer(run, router, spec["longer"], args, env)
     return row
 
 
@@ -224,25 +224,26 @@ def thinking_longer(run, router, longer, args, env):
     """References right and mean depth by hops on chains longer than any
     trained on, with max_depth raised at test time: the router deciding
     (online only: ANIRA-E cannot choose a depth it never had), every token at
-    max_depth, and each reference at exactly its hops (evaluate.py --depth);
-    and the control, every token at the longest trained chain's hops: a
-    longer chain resolved there was not chased hop by hop, so only what the
-    others add over it is thinking longer."""
+    max_depth, each reference at exactly its hops (evaluate.py --depth), and
+    at 4x its hops (does the answer stay put?); and the control, every token
+    at the longest trained chain's hops: a longer chain resolved there was
+    not chased hop by hop, so only what the others add over it is thinking
+    longer. Also the per-step accuracy p at the oracle depth (evaluate.py)."""
     out = {}
-    modes = {"router": ("router", longer["max_depth"]), "max": ("max", longer["max_depth"]),
-             "hops": ("hops", longer["max_depth"]), "control": ("max", train.DEFAULTS["hops"])}
-    for mode, (depth, max_depth) in modes.items():
-        if depth == "router" and router != "online":  # none's router is max; ANIRA-E cannot
+    for mode in ("router", "max", "hops", "4x", "control"):
+        if mode == "router" and router != "online":  # none's router is max; ANIRA-E cannot
             continue
         folder = os.path.join(run, f"longer-{mode}")
-        flags = ["--depth", depth, "--max-depth", str(max_depth), "--hops", str(longer["hops"]),
+        flags = ["--depth", mode, "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
                  "--device", args.device, "--out", folder]
         evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
-        by_hops = analyze.read_json(os.path.join(folder, "summary.json")).get("by_hops", [])
+        summary = analyze.read_json(os.path.join(folder, "summary.json"))
         out[mode] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
-                                       "references": h["num"]} for h in by_hops}
-    return out
+                                       "references": h["num"]} for h in summary.get("by_hops", [])}
+        if mode == "hops":
+            p = summary.get("per_step", {}).get("p")
+    return out, p
 
 
 def generation_speed(regime, args):
@@ -655,7 +656,8 @@ def section_longer(rows, spec, judged):
          f"{longer['size']} variables with chains of up to {longer['hops']} hops, max_depth raised to "
          f"{longer['max_depth']} "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
-         "deciding, every token at max_depth, each reference at exactly its hops (the oracle), and the "
+         "deciding, every token at max_depth, each reference at exactly its hops (the oracle) and at 4x "
+         "its hops (an answer found should stay put), and the "
          f"control: every token at {TRAINED_HOPS} iterations, the longest chain trained on. A longer "
          "chain resolved in the control was not chased hop by hop, but read off the prompt another way: "
          "only what the other rows add over the control is thinking longer.", ""]
@@ -670,6 +672,10 @@ def section_longer(rows, spec, judged):
     L += ["References per cell: " + ", ".join(f"{counts[h]['references']['mean']:.0f} of {h} "
                                               f"hop{'' if h == '1' else 's'}" for h in hops if h in counts)
           + ".", ""]
+    if any("longer_p" in a for a in rows):  # runs from before p was measured have none
+        L += ["Per-step accuracy p at the oracle depth (of the hops whose previous hop was named, the share "
+              "named; accuracy below p^k at k hops is drift): " + "; ".join(
+                  f"{a['run']} {fmt(a.get('longer_p'))}" for a in rows) + ".", ""]
     return L + judged_lines(judged, "thinking longer")
 
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import evaluate
 import tasks
@@ -401,3 +402,39 @@ def test_test_time_depth_errors(tmp_path, capsys):
     evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "4", "--num", "2", "--max-depth", "5",
                    "--depth", "max", "--out", str(tmp_path)])
     assert {int(r["depth"]) for r in csv.DictReader(open(tmp_path / "tokens.csv"))} == {5}
+
+
+def test_per_step_accuracy_counts_a_step_only_after_a_right_one():
+    hop_exits = [(True, True, False), (True, False, True), (False, True, True), (True, True), (False,)]
+    p = evaluate.per_step_accuracy(hop_exits)
+    # step 2 follows a right exit 1 in the 1st, 2nd and 4th chases (right in two); step 3 in the 1st and 3rd (one)
+    assert p == {"p": 0.6, "steps": 5, "first": 0.6, "by_step": {2: 0.6667, 3: 0.5}}
+
+
+def test_oracle_depths_and_each_exit_against_its_hop():
+    """--depth hops / 4x / control, and hop_exits: exit k against the k-th hop
+    of the reference's chase, on exits built to name every hop but one."""
+    examples = [tasks.make_example("lang", random.Random(s), 6, **PARAMS["lang"]) for s in range(4)]
+    idx, targets, feats = tasks.make_batch(examples)
+    targets_t, D = torch.from_numpy(targets), 8
+    hops = np.nan_to_num(feats["hops"])
+    answer = targets != -1
+    for depth, expected in (("hops", np.clip(hops, 1, D)), ("4x", np.clip(4 * hops, 1, D))):
+        forced = evaluate.forced_depth(depth, feats, targets_t, D).numpy()
+        assert (forced[answer] == expected[answer]).all() and (forced[~answer] == D).all()
+    assert (evaluate.forced_depth("control", feats, targets_t, D, trained_hops=4).numpy() == 4).all()
+    assert evaluate.forced_depth("router", feats, targets_t, D) is None
+    # exits that name each hop of every chase (one-hot logits), then exit 2 of one reference wrong
+    hop_targets = torch.from_numpy(tasks.exit_targets(examples, targets, D)).clamp(min=0)
+    logits = [F.one_hot(hop_targets[..., k], len(tasks.VOCAB)).float() for k in range(D)]
+    b, p = next((b, p) for b in range(len(examples)) for p in np.flatnonzero(answer[b]) if hops[b, p] >= 3)
+    logits[1][b, p] = logits[1][b, p].roll(1)
+    right = evaluate.hop_exits_right(logits, examples, targets)
+    for e, ex in enumerate(examples):
+        for j, q in enumerate(np.flatnonzero(answer[e])):
+            chase = evaluate.hop_exits(right, ex, e, j, q)
+            if ex.features[j]["kind"] != tasks.REFERENCE:
+                assert chase is None
+            else:
+                assert len(chase) == ex.features[j]["hops"]
+                assert chase == tuple(not (e == b and q == p and k == 1) for k in range(len(chase)))

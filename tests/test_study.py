@@ -106,8 +106,10 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr
     runs = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert set(runs["online-p0.03"]["longer"]) == {"router", "max", "hops", "control"}
-    assert set(runs["none-d2"]["longer"]) == set(runs["early-p0.03"]["longer"]) == {"max", "hops", "control"}
+    assert set(runs["online-p0.03"]["longer"]) == {"router", "max", "hops", "4x", "control"}
+    assert set(runs["none-d2"]["longer"]) == set(runs["early-p0.03"]["longer"]) == {"max", "hops", "4x", "control"}
+    for h, x in runs["none-d1"]["longer"]["4x"].items():  # 4x the hops, at most max_depth 8
+        assert x["mean_depth"] == min(4 * int(h), 8)
     for h, x in runs["none-d1"]["longer"]["hops"].items():  # the oracle runs each reference its hops
         assert x["mean_depth"] == int(h)
     for x in runs["online-p0.03"]["longer"]["control"].values():  # the control: the longest trained chain's hops
@@ -115,6 +117,7 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
     assert max(int(h) for h in runs["none-d1"]["longer"]["max"]) > 4  # chains longer than trained
     report = (out / "report.md").read_text()
     assert "### Thinking longer" in report
+    assert all("longer_p" in r for r in runs.values()) and "Per-step accuracy p at the oracle depth" in report
     # the references behind each column: the same prompts for every run
     counts = {h: x["references"] for h, x in runs["none-d1"]["longer"]["max"].items()}
     assert all(by[h]["references"] == n for r in runs.values() for by in r["longer"].values()
