@@ -525,11 +525,11 @@ def supervised(spec):
     return "--hints" in flags and flags[flags.index("--hints") + 1] == "on"
 
 
-def findings_table(results):
-    """The report's findings, one row per claim, regime and run: README carries these rows."""
-    return analyze.table(["finding", "regime", "run", f"measured, seeds {', '.join(map(str, results['seeds']))}",
-                          "verdict"], [[claim, regime, run, measured, f"**{verdict}**"]
-                                       for claim, regime, run, measured, verdict in verdicts(results)])
+def findings_table(seeds, judgements):
+    """The report's findings, one row per claim, regime and run (`verdicts`): README carries these rows."""
+    return analyze.table(["finding", "regime", "run", f"measured, seeds {', '.join(map(str, seeds))}", "verdict"],
+                         [[claim, regime, run, measured, f"**{verdict}**"]
+                          for claim, regime, run, measured, verdict in judgements])
 
 
 # -----------------------------------------------------------------------------
@@ -545,12 +545,13 @@ def report(results, figures):
          f"The paper (abstract): \"{PAPER}\"", "", "## Rules", "",
          "Each verdict is one of these rules applied to every seed's numbers:", ""]
     L += analyze.table(["claim", "the paper", "statistic, per seed", "verdict"], RULES)
-    L += ["## Findings", ""] + findings_table(results)
+    judgements = verdicts(results)
+    L += ["## Findings", ""] + findings_table(results["seeds"], judgements)
     for regime, spec in results["regimes"].items():
         rows = [a for a in aggs if a["regime"] == regime]
         if not rows:
             continue
-        judged = {(claim, run): (measured, verdict) for claim, reg, run, measured, verdict in verdicts(results)
+        judged = {(claim, run): (measured, verdict) for claim, reg, run, measured, verdict in judgements
                   if reg == regime}
         L += [f"## {regime}: `python train.py {' '.join(spec['flags'])}`, {spec['steps']} steps, "
               f"sizes {spec['sizes'][0]}-{spec['sizes'][1]} (tested to {spec['ood_to']})", ""]
@@ -656,8 +657,8 @@ def section_longer(rows, spec, judged):
          f"{longer['size']} variables with chains of up to {longer['hops']} hops, max_depth raised to "
          f"{longer['max_depth']} "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
-         "deciding, every token at max_depth, each reference at exactly its hops (the oracle) and at 4x "
-         "its hops (an answer found should stay put), and the "
+         "deciding, every token at max_depth, each reference at exactly its hops (the oracle) and, where "
+         "measured, at 4x its hops (4x: an answer found should stay put), and the "
          f"control: every token at {TRAINED_HOPS} iterations, the longest chain trained on. A longer "
          "chain resolved in the control was not chased hop by hop, but read off the prompt another way: "
          "only what the other rows add over the control is thinking longer.", ""]

@@ -400,7 +400,7 @@ def test_report_is_rebuilt_from_results_alone(quick, tmp_path):
 
 def test_readme_carries_the_findings_of_the_committed_study():
     results = study.read_results(os.path.join(REPO, "study"))
-    rows = [line for line in study.findings_table(results) if line]
+    rows = [line for line in study.findings_table(results["seeds"], study.verdicts(results)) if line]
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read().splitlines()
     start = readme.index(rows[0])  # the table's header
