@@ -135,7 +135,8 @@ class ANIRA(nn.Module):
         # (early: zero logits are uniform over depths, whose hazards 1/(D-k+1)
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
-    def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None, forced_depth=None):
+    def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None, forced_depth=None,
+                outputs=None):
         """Run the model on token ids idx (B, T); returns an Output.
 
         adaptive  (B, T) bool: the tokens whose depth the router decides (the
@@ -152,6 +153,12 @@ class ANIRA(nn.Module):
         forced_depth  (B, T) ints in 1..max_depth: an oracle that runs each
                   token exactly that many iterations, whatever the router says
                   (evaluate.py --depth hops); any router, none included.
+        outputs   (B, T) bool, with counterfactual: the tokens whose logits
+                  the loss reads (default: all). At the last iteration the
+                  others need only their keys and values, not its queries,
+                  attention and MLP (on lang, whose prompt has no loss, two
+                  thirds of the tokens): their logits and last exit are
+                  those of the iteration before, which nothing reads.
         """
         if adaptive is None:
             adaptive = torch.ones_like(idx, dtype=torch.bool)
@@ -161,11 +168,11 @@ class ANIRA(nn.Module):
         for i, block in enumerate(self.prelude):
             h0 = block(h0, pos, cache and cache.layer(i))
         halting = Halting(self, embedded, h0, adaptive, route, cache, forced_depth)
-        visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual)
+        visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual, outputs)
         return Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exits or None,
                       log_p_depth=halting.log_p_depth() if counterfactual else None)
 
-    def recur(self, h0, halting, pos, cache=None, counterfactual=False):
+    def recur(self, h0, halting, pos, cache=None, counterfactual=False, outputs=None):
         """The recurrence: token i runs d_i iterations of the shared block.
 
             x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the embedding of iteration k
@@ -179,7 +186,8 @@ class ANIRA(nn.Module):
         token's own state, `visible` what the others attend to: they differ
         only in training, where a halted token keeps iterating (the
         counterfactual continuation that `loss` trains every depth with).
-        Inference skips the halted tokens' work (`Skipping`).
+        Inference skips the halted tokens' work (`Skipping`); training, with
+        `outputs`, the last iteration of tokens whose output nothing reads.
         """
         cfg = self.cfg
         state = visible = h0
@@ -197,7 +205,10 @@ class ANIRA(nn.Module):
             else:  # every token computes; in training the others see a halted one frozen
                 x = self.iteration_input(state, h0, k)
                 kv = block.keys_values(torch.where(running[..., None], x, visible)) if counterfactual else None
-                state = block(x, pos, layer, kv)
+                if outputs is not None and k == cfg.max_depth - 1:  # the last: only the outputs the loss reads
+                    state = last_iteration(block, x, state, kv, pos, outputs)
+                else:
+                    state = block(x, pos, layer, kv)
                 visible = torch.where(running[..., None], state, visible) if counterfactual else state
             depth += running
             if counterfactual:
@@ -481,6 +492,16 @@ class Skipping:
         return len(self.rows) == 0
 
 
+def last_iteration(block, x, state, kv, pos, outputs):
+    """Training's last iteration computed at the `outputs` tokens only: their
+    new states among the others' previous ones. Every token's keys and values
+    kv are already there (a halted token's those of its frozen state)."""
+    rows = outputs.view(-1).nonzero().squeeze(1)
+    x = gather(x, rows)
+    new = block.residual(x, block.ln1(x), kv, pos, run=rows)
+    return state.reshape(-1, state.shape[-1]).index_copy(0, rows, new).view_as(state)
+
+
 @contextlib.contextmanager
 def native_kernels():
     """PyTorch's own CPU kernels instead of oneDNN's (torch.backends.mkldnn.flags
@@ -556,6 +577,11 @@ class Block(nn.Module):
             kv = self.kv(h)
         elif run is not None:
             put(kv, run, self.kv(h))
+        return self.residual(x, h, kv, pos, cache, run)
+
+    def residual(self, x, h, kv, pos, cache=None, run=None):
+        """The block's output from its input x, x's LayerNorm h, and the keys
+        and values kv to attend to, as they are: attention, then the MLP."""
         x = x + self.attend(self.q(h), kv, pos, cache, run)
         return x + self.mlp(self.ln2(x))
 

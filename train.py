@@ -121,7 +121,8 @@ def main(argv=None):
                 group["lr"] = lr
             idx, targets, prompt, exits = training_batch(step, rng, args, device)
             with autocast(device, args.dtype):
-                out = model(idx, adaptive=targets != -1, route=step >= args.halt_warmup, counterfactual=True)
+                out = model(idx, adaptive=targets != -1, route=step >= args.halt_warmup, counterfactual=True,
+                            outputs=read_by_loss(targets, prompt))
                 loss, parts = model.loss(out, targets, args.ponder, prompt, exits)
             check_finite(loss.item(), step, ckpt_path)
             for name, value in parts.items():
@@ -162,6 +163,14 @@ def training_batch(step, rng, args, device):
     prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
     exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
     return [None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)]
+
+
+def read_by_loss(targets, prompt_targets):
+    """(B, T) bool: the tokens whose logits the loss reads, the answer's and,
+    with --prompt-loss, the prompt's; the forward skips the rest's last
+    iteration (ANIRA.forward's outputs)."""
+    read = targets != -1
+    return read if prompt_targets is None else read | (prompt_targets != -1)
 
 
 @torch.no_grad()

@@ -520,6 +520,51 @@ def test_prompt_in_chunks_through_the_cache_equals_the_uncached_forward(router, 
     assert torch.allclose(torch.cat([p.logits for p in pieces], 1), whole.logits, atol=EXACT, rtol=0)
 
 
+@pytest.mark.parametrize("router,share,reinject,more", CONFIGS, ids=CONFIG_IDS)
+def test_training_skips_the_last_iteration_of_tokens_nothing_reads(router, share, reinject, more):
+    """With `outputs`, the training forward runs the last iteration's query,
+    attention and MLP at those tokens only (rows counted through the block's
+    query), and changes nothing the loss reads: the same depths, halting
+    distribution and earlier exits everywhere, the same last exit and logits
+    at the outputs, and the same loss and gradients for a loss that reads
+    only them (halted outputs included: their neighbours see them frozen)."""
+    torch.manual_seed(8)
+    D = 4
+    m = perturb(make(router, share, reinject, D=D, seed=8, **more)).train()
+    idx = torch.randint(0, V, (3, 16))
+    targets = torch.randint(0, V, idx.shape)
+    targets[:, :5] = -1  # the prompt
+    outputs = targets != -1
+    rows = []
+    handles = [block.q.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[:-1].numel()))
+               for block in m.core]
+    runs = {}
+    for name, read in (("all", None), ("outputs", outputs)):
+        m.zero_grad()
+        rows.clear()
+        out = m(idx, adaptive=outputs, counterfactual=True, outputs=read)
+        out.loss, _ = m.loss(out, targets)
+        out.loss.backward()
+        runs[name] = out, sum(rows), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    for handle in handles:
+        handle.remove()
+    (full, full_rows, full_grads), (part, part_rows, part_grads) = runs["all"], runs["outputs"]
+    assert full_rows == D * idx.numel() and part_rows == (D - 1) * idx.numel() + int(outputs.sum())
+    if router != "none":
+        assert (full.depth[outputs] < D).any()  # some outputs halted before the last iteration
+        assert torch.allclose(full.log_p_depth, part.log_p_depth, atol=EXACT)
+    assert torch.equal(full.depth, part.depth)
+    for k in range(D - 1):
+        assert torch.allclose(full.exit_logits[k], part.exit_logits[k], atol=EXACT)
+    assert torch.allclose(full.exit_logits[-1][outputs], part.exit_logits[-1][outputs], atol=EXACT)
+    assert torch.allclose(full.logits[outputs], part.logits[outputs], atol=EXACT)
+    assert not torch.allclose(full.exit_logits[-1][~outputs], part.exit_logits[-1][~outputs], atol=1e-3)
+    assert torch.allclose(full.loss, part.loss, atol=EXACT)
+    assert full_grads.keys() == part_grads.keys()
+    for n in full_grads:
+        assert torch.allclose(full_grads[n], part_grads[n], atol=EXACT), n
+
+
 @pytest.mark.parametrize("router", ["early", "online"])
 def test_inference_computes_only_running_tokens(router):
     """In inference the core block runs its query, output projection and MLP
