@@ -1,7 +1,7 @@
 """
 Speed and quality benchmarks: the targets that tests must not time.
 
-    python bench.py speed                       # training steps/s per router, alternating
+    python bench.py speed                       # training steps/s per router and dtype, alternating
     python bench.py profile --task lang --chain-order reverse --hints on   # where a training step's time goes
     python bench.py data                        # examples/s of every task generator
     python bench.py check out/dfs-online        # a finished run against the quality bars
@@ -48,8 +48,8 @@ def main(argv=None):
     s.add_argument("--max-depth", type=int, default=4)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--rounds", type=int, default=15)
-    s.add_argument("--dtype", choices=train.DTYPES, default="float32",
-                   help="train.py --dtype of the steps (default float32, train.py's on a CPU)")
+    s.add_argument("--dtype", default="float32,bfloat16",
+                   help="comma-separated train.py --dtype values, alternated (default: both)")
     f = sub.add_parser("profile", help="a training step's time by part, beside the machine's matmul rate",
                        description="Any further flags are train.py's: the run whose step is profiled "
                                    "(default: the main job, train.py --task dfs --router online).")
@@ -76,6 +76,8 @@ def main(argv=None):
     if train_flags:
         p.error(f"unrecognized arguments: {' '.join(train_flags)}")
     if args.what == "speed":
+        if not set(args.dtype.split(",")) <= set(train.DTYPES):
+            p.error(f"--dtype {args.dtype}: each of {', '.join(train.DTYPES)}")
         speed(args)
     elif args.what == "data":
         data_speed(args)
@@ -86,38 +88,53 @@ def main(argv=None):
 
 
 def speed(args):
-    torch.manual_seed(0)
-    variants = {r: ModelConfig(vocab_size=len(tasks.VOCAB), router=r, max_depth=args.max_depth)
-                for r in ROUTERS}
-    variants["unshared"] = ModelConfig(vocab_size=len(tasks.VOCAB), router="none",
-                                       max_depth=args.max_depth, share=False)
-    models = {name: ANIRA(cfg) for name, cfg in variants.items()}
-    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
-    rng = random.Random(0)
-    times = {name: [] for name in models}
+    """Training steps of every router and of an unshared stack, in every
+    --dtype, on the same batches in alternating order (train.py's step:
+    forward_and_loss, backward, clipping, AdamW): ms per step, tokens/s, the
+    ratio to router none in the same dtype; then this machine's matmul rate in
+    the same run, float32 and bf16, and the step's (its matmul FLOPs per
+    second) beside it."""
+    dtypes = args.dtype.split(",")
+    run = train.parse_args(["--task", args.task, "--max-depth", str(args.max_depth),
+                            "--batch-size", str(args.batch_size)])
+    device, models, optims, times = torch.device("cpu"), {}, {}, {}
+    for dtype in dtypes:
+        for name in (*ROUTERS, "unshared"):
+            torch.manual_seed(0)
+            cfg = dataclasses.replace(train.model_config(run), router="none" if name == "unshared" else name,
+                                      share=name != "unshared")
+            models[name, dtype] = ANIRA(cfg)
+            optims[name, dtype] = torch.optim.AdamW(models[name, dtype].parameters(), lr=1e-3)
+            times[name, dtype] = []
+    rng, tokens = random.Random(0), []
     for r in range(args.rounds + 2):  # the first two rounds warm up
-        n = rng.randint(*tasks.DEFAULT_SIZES[args.task])  # one size per batch, as in train.py
-        idx, targets, _ = tasks.make_batch(tasks.sample_examples(args.task, rng, (n, n), args.batch_size))
-        prompt = torch.from_numpy(tasks.prompt_targets(idx, targets)) if tasks.PROMPT_LOSS[args.task] else None
-        idx, targets = torch.from_numpy(idx), torch.from_numpy(targets)
-        order = list(models) if r % 2 == 0 else list(reversed(models))
-        for name in order:
+        batch = train.training_batch(max(run.halt_warmup, run.curriculum) + r, rng, run, device)
+        for key in (list(models) if r % 2 == 0 else list(reversed(models))):
             t = time.perf_counter()
-            with train.autocast(idx.device, args.dtype):
-                out = models[name](idx, adaptive=targets != -1, counterfactual=True)
-                loss, _ = models[name].loss(out, targets, prompt_targets=prompt)
-            optims[name].zero_grad()
+            with train.autocast(device, key[1]):
+                loss, _ = train.forward_and_loss(models[key], batch, run)
+            optims[key].zero_grad(set_to_none=True)
             loss.backward()
-            optims[name].step()
+            torch.nn.utils.clip_grad_norm_(models[key].parameters(), run.grad_clip)
+            optims[key].step()
             if r >= 2:
-                times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["none"])
-    print(f"{args.task}, max_depth {args.max_depth}, batch {args.batch_size}, {args.dtype}, "
+                times[key].append(time.perf_counter() - t)
+        if r >= 2:
+            tokens.append(batch[0].numel())
+    print(f"{args.task}, max_depth {args.max_depth}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} steps")
-    print(f"{'model':>10} {'ms/step':>8} {'vs none':>8}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:>10} {1000 * med:>8.0f} {med / base:>8.2f}")
+    print(f"{'model':>10} {'dtype':>9} {'ms/step':>8} {'tokens/s':>9} {'vs none':>8}")
+    for (name, dtype), ts in times.items():
+        step = statistics.median(ts)
+        print(f"{name:>10} {dtype:>9} {1000 * step:>8.0f} {statistics.median(tokens) / step:>9.0f} "
+              f"{step / statistics.median(times['none', dtype]):>8.2f}")
+    rates = {dtype: matmul_rate(dtype=getattr(torch, dtype)) for dtype in train.DTYPES}
+    print("a 1024^3 matmul: " + ", ".join(f"{d} {rate / 1e9:.1f} GFLOP/s" for d, rate in rates.items()))
+    run.dtype = dtypes[0]
+    flops = step_flops(models["online", dtypes[0]], run, device)
+    step = statistics.median(times["online", dtypes[0]])
+    print(f"the online step ({dtypes[0]}): {flops / 1e9:.1f} GFLOP of matmuls, {flops / step / 1e9:.1f} GFLOP/s, "
+          f"{flops / step / rates[dtypes[0]]:.0%} of the matmul's")
 
 
 def profile(args, run):
@@ -145,7 +162,7 @@ def profile(args, run):
         t.append(time.perf_counter())
         clock.clear()
         with train.autocast(device, run.dtype):
-            out = model(idx, adaptive=targets != -1, counterfactual=True)
+            out = model(idx, adaptive=targets != -1, counterfactual=True, outputs=train.read_by_loss(targets, prompt))
             t.append(time.perf_counter())
             loss, _ = model.loss(out, targets, run.ponder, prompt, exits)
         t.append(time.perf_counter())
@@ -194,20 +211,19 @@ def module_clock(parts):
 
 
 def step_flops(model, run, device):
-    """Matmul FLOPs of one training step, forward and backward."""
+    """Matmul FLOPs of one training step, forward and backward, in run.dtype."""
     from torch.utils.flop_counter import FlopCounterMode
     idx, targets, prompt, exits = train.training_batch(max(run.halt_warmup, run.curriculum), random.Random(0),
                                                        run, device)
-    with FlopCounterMode(display=False) as counter:
-        out = model(idx, adaptive=targets != -1, counterfactual=True)
-        model.loss(out, targets, run.ponder, prompt, exits)[0].backward()
+    with FlopCounterMode(display=False) as counter, train.autocast(device, run.dtype):
+        train.forward_and_loss(model, (idx, targets, prompt, exits), run)[0].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def matmul_rate(n=1024, rounds=20):
-    """FLOP/s of an n x n float32 matmul on this machine now (median)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(n=1024, rounds=20, dtype=torch.float32):
+    """FLOP/s of an n x n matmul on this machine now (median)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     return 2 * n ** 3 / statistics.median(timed(torch.matmul, a, b) for _ in range(rounds))
 

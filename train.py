@@ -121,9 +121,7 @@ def main(argv=None):
                 group["lr"] = lr
             idx, targets, prompt, exits = training_batch(step, rng, args, device)
             with autocast(device, args.dtype):
-                out = model(idx, adaptive=targets != -1, route=step >= args.halt_warmup, counterfactual=True,
-                            outputs=read_by_loss(targets, prompt))
-                loss, parts = model.loss(out, targets, args.ponder, prompt, exits)
+                loss, parts = forward_and_loss(model, (idx, targets, prompt, exits), args, step >= args.halt_warmup)
             check_finite(loss.item(), step, ckpt_path)
             for name, value in parts.items():
                 train_parts.setdefault(name, []).append(value)
@@ -163,6 +161,14 @@ def training_batch(step, rng, args, device):
     prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
     exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
     return [None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)]
+
+
+def forward_and_loss(model, batch, args, route=True):
+    """The training forward of a batch (training_batch's) and its loss,
+    model.loss: every exit computed (counterfactual), routing on or not."""
+    idx, targets, prompt, exits = batch
+    out = model(idx, adaptive=targets != -1, route=route, counterfactual=True, outputs=read_by_loss(targets, prompt))
+    return model.loss(out, targets, args.ponder, prompt, exits)
 
 
 def read_by_loss(targets, prompt_targets):

@@ -71,6 +71,20 @@ def test_a_small_model_stopped_short_is_trained_on_not_reused(tmp_path, monkeypa
         bench.load_or_train("online", quick=True)
 
 
+def test_speed_times_every_router_in_every_dtype_beside_the_matmul_rate(capsys):
+    bench.main(["speed", "--rounds", "1", "--batch-size", "2", "--max-depth", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:10]]
+    assert [(r[0], r[1]) for r in rows] == [(name, dtype) for dtype in ("float32", "bfloat16")
+                                            for name in ("none", "early", "online", "unshared")]
+    for r in rows:
+        ms, tokens_per_s = float(r[2]), float(r[3])
+        assert ms > 0 and tokens_per_s > 0
+    assert rows[0][4] == rows[4][4] == "1.00"  # each dtype's none against itself
+    assert lines[10].startswith("a 1024^3 matmul: float32 ") and "bfloat16" in lines[10]
+    assert lines[11].startswith("the online step (float32): ") and "of the matmul's" in lines[11]
+
+
 def test_profile_splits_a_step_into_parts_that_add_up(capsys):
     """With one timed step every median is that step's own time: the parts
     (data, forward by module and the rest, loss, backward, optimizer) must
