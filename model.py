@@ -613,9 +613,10 @@ class Block(nn.Module):
 
 def attention(q, k, v, pos):
     """Scaled dot-product attention, in float32 on a CPU even under bf16
-    autocast: there bf16's flash-attention backward is 3x slower than
-    float32's at this model's sizes (64 x 4 heads of 61 positions, measured),
-    and it would take back most of what bf16 gains in the matmuls (2x)."""
+    autocast: there bf16's is slower than float32's at this model's sizes
+    (measured, inputs cast included: forward and backward of 64 x 4 heads of
+    61 positions 3.3x, forward alone 1.6x, a decoding step at batch 32 2.8x),
+    and would take back most of what bf16 gains in the matmuls (2.4x)."""
     if q.device.type == "cpu" and torch.bfloat16 in (q.dtype, k.dtype, v.dtype):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=pos.mask,
