@@ -97,28 +97,14 @@ def speed(args):
     dtypes = args.dtype.split(",")
     run = train.parse_args(["--task", args.task, "--max-depth", str(args.max_depth),
                             "--batch-size", str(args.batch_size)])
-    device, models, optims, times = torch.device("cpu"), {}, {}, {}
-    for dtype in dtypes:
-        for name in (*ROUTERS, "unshared"):
-            torch.manual_seed(0)
-            cfg = dataclasses.replace(train.model_config(run), router="none" if name == "unshared" else name,
-                                      share=name != "unshared")
-            models[name, dtype] = ANIRA(cfg)
-            optims[name, dtype] = torch.optim.AdamW(models[name, dtype].parameters(), lr=1e-3)
-            times[name, dtype] = []
-    rng, tokens = random.Random(0), []
+    device, models = torch.device("cpu"), speed_models(run, dtypes)
+    times, rng, tokens = {key: [] for key in models}, random.Random(0), []
     for r in range(args.rounds + 2):  # the first two rounds warm up
         batch = train.training_batch(max(run.halt_warmup, run.curriculum) + r, rng, run, device)
         for key in (list(models) if r % 2 == 0 else list(reversed(models))):
-            t = time.perf_counter()
-            with train.autocast(device, key[1]):
-                loss, _ = train.forward_and_loss(models[key], batch, run)
-            optims[key].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(models[key].parameters(), run.grad_clip)
-            optims[key].step()
+            seconds = timed(training_step, *models[key], batch, run, key[1])
             if r >= 2:
-                times[key].append(time.perf_counter() - t)
+                times[key].append(seconds)
         if r >= 2:
             tokens.append(batch[0].numel())
     print(f"{args.task}, max_depth {args.max_depth}, batch {args.batch_size}, "
@@ -131,10 +117,35 @@ def speed(args):
     rates = {dtype: matmul_rate(dtype=getattr(torch, dtype)) for dtype in train.DTYPES}
     print("a 1024^3 matmul: " + ", ".join(f"{d} {rate / 1e9:.1f} GFLOP/s" for d, rate in rates.items()))
     run.dtype = dtypes[0]
-    flops = step_flops(models["online", dtypes[0]], run, device)
+    flops = step_flops(models["online", dtypes[0]][0], run, device)
     step = statistics.median(times["online", dtypes[0]])
     print(f"the online step ({dtypes[0]}): {flops / 1e9:.1f} GFLOP of matmuls, {flops / step / 1e9:.1f} GFLOP/s, "
           f"{flops / step / rates[dtypes[0]]:.0%} of the matmul's")
+
+
+def speed_models(run, dtypes):
+    """{(name, dtype): (model, optimizer)}: every router and an unshared stack
+    of max_depth blocks, the same initial weights in every dtype."""
+    models = {}
+    for dtype in dtypes:
+        for name in (*ROUTERS, "unshared"):
+            torch.manual_seed(0)
+            cfg = dataclasses.replace(train.model_config(run), router="none" if name == "unshared" else name,
+                                      share=name != "unshared")
+            model = ANIRA(cfg)
+            models[name, dtype] = model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return models
+
+
+def training_step(model, optimizer, batch, run, dtype):
+    """train.py's step: the forward and loss under the dtype's autocast,
+    backward, gradient clipping, AdamW."""
+    with train.autocast(batch[0].device, dtype):
+        loss, _ = train.forward_and_loss(model, batch, run)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+    optimizer.step()
 
 
 def profile(args, run):
