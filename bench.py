@@ -151,10 +151,12 @@ def training_step(model, optimizer, batch, run, dtype):
 def profile(args, run):
     """Where a training step of `run` (train.py's parsed flags) goes: its
     batch (data), the forward split by module (prelude; the shared block at
-    every iteration; the router; the head, at every exit), what is left of
-    the forward (embeddings, the frozen tokens' keys and values of the
-    counterfactual, halting), the loss, backward, the optimizer; medians of
-    --rounds steps, on the CPU's clock (a GPU's would need synchronising).
+    every iteration but the last, whose outputs go through block.residual; the
+    router; the head, at every exit), what is left of the forward
+    (embeddings, the counterfactual's keys and values, the last iteration at
+    the outputs the loss reads, halting), the loss, backward, the optimizer;
+    medians of --rounds steps, on the CPU's clock (a GPU's would need
+    synchronising).
     Then the step's matmul FLOPs (torch's FlopCounterMode, forward and
     backward) per second against a 1024^3 float32 matmul's, measured in the
     same run, and the held-out evaluation's share of a run of run.max_iters."""
@@ -173,7 +175,8 @@ def profile(args, run):
         t.append(time.perf_counter())
         clock.clear()
         with train.autocast(device, run.dtype):
-            out = model(idx, adaptive=targets != -1, counterfactual=True, outputs=train.read_by_loss(targets, prompt))
+            out = model(idx, adaptive=targets != -1, counterfactual=True,
+                        outputs=train.read_by_loss(targets, prompt))
             t.append(time.perf_counter())
             loss, _ = model.loss(out, targets, run.ponder, prompt, exits)
         t.append(time.perf_counter())
