@@ -125,6 +125,38 @@ def test_prompt_loss_default_follows_the_task():
     assert tasks.PROMPT_LOSS == {"dfs": True, "topo": True, "lang": False}
 
 
+@pytest.mark.parametrize("flags", [["--task", "dfs"], ["--task", "lang", "--chain-order", "reverse", "--hints", "on"]],
+                         ids=["dfs-prompt-loss", "lang-hints"])
+def test_the_training_step_skips_only_what_no_loss_reads(flags):
+    """train.py's forward skips the last iteration of tokens whose logits no
+    loss reads (read_by_loss): the answer and, on dfs (--prompt-loss), the
+    prompt are read, so the loss and its gradients are those of the full
+    forward (float64); the skip is real, fewer rows than tokens."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        args = train.parse_args([*flags, "--d-model", "32", "--n-heads", "2", "--batch-size", "6", "--max-depth", "3"])
+        batch = train.training_batch(0, random.Random(0), args, "cpu")
+        idx, targets, prompt, exits = batch
+        read = train.read_by_loss(targets, prompt)
+        assert (prompt is not None) == (args.task == "dfs") and 0 < int(read.sum()) < idx.numel()
+        torch.manual_seed(0)
+        m = ANIRA(train.model_config(args))
+        grads = []
+        for loss_of in (lambda: train.forward_and_loss(m, batch, args)[0],
+                        lambda: m.loss(m(idx, adaptive=targets != -1, counterfactual=True), targets, args.ponder,
+                                       prompt, exits)[0]):
+            m.zero_grad()
+            loss = loss_of()
+            loss.backward()
+            grads.append((loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+        (skipped, g1), (full, g2) = grads
+        assert torch.allclose(skipped, full, atol=1e-9) and len(g1) == len(g2)
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g1, g2))
+    finally:
+        torch.set_default_dtype(before)
+
+
 def test_help():
     torch.manual_seed(0)
     for res in run_all([("train.py", "--help"), ("evaluate.py", "--help"), ("tasks.py", "--help")]):
