@@ -60,8 +60,8 @@ def main(argv=None):
     params = {**task_params(config), **({"hops": args.hops} if args.hops else {})}
     if args.hops and task != "lang":
         fail("--hops is a parameter of the lang task")
-    default_hi = min(2 * train_sizes[1], tasks.max_size(task))
-    sizes = parse_size_range(args.sizes or f"{train_sizes[0]}-{default_hi}", task)
+    default_hi = min(2 * train_sizes[1], tasks.max_size(task, params["names"]))
+    sizes = parse_size_range(args.sizes or f"{train_sizes[0]}-{default_hi}", task, params["names"])
     out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt))
     try:
         os.makedirs(out_dir, exist_ok=True)

@@ -23,8 +23,12 @@ Three tasks, each with explicit difficulty parameters:
         the query token itself: the regime built for depth to be needed
         (README and RESULTS.md, "A regime where depth is needed").
 
-Node and variable names are random labels out of N_LABELS (twice the largest
-training size), so a larger test graph needs no new tokens.
+Node names are random labels out of N_LABELS (twice the largest training
+size), so a larger test graph needs no new tokens. lang draws its variable
+names from a pool of its own size (`names`, default N_LABELS): the first
+N_LABELS are the graph labels, the others tokens of lang's alone, at the end
+of the vocabulary (vocab_size), so that long chains fit among other chains
+while dfs and topo keep their 16 labels.
 
     python tasks.py --task dfs --n 6 --num 2      # readable examples
     python tasks.py --task topo --n 5 --json      # one JSON object per line
@@ -48,10 +52,15 @@ CHAIN_ORDERS = ("forward", "reverse")  # lang: how each chain's statements are w
 # against 69.5% with 32 (RESULTS.md, "What made the tasks learnable in minutes").
 N_LABELS = 16
 N_VALUES = 10  # lang values "A".."J"
+# lang's largest pool of variable names: room for a 32-variable prompt and its
+# 16 distractors, where a 16-hop chain sits among other chains
+MAX_NAMES = 48
 SPECIALS = ["<pad>", "<sep>", "<end>", ":", ";", ">", "=", "->", "start"]
 LABELS = [str(i) for i in range(N_LABELS)]
 VALUES = [chr(ord("A") + i) for i in range(N_VALUES)]
-VOCAB = SPECIALS + LABELS + VALUES
+NAMES = LABELS + [str(i) for i in range(N_LABELS, MAX_NAMES)]  # lang's pool: the labels first
+# the names beyond the labels come last, so every other token keeps its id
+VOCAB = SPECIALS + LABELS + VALUES + NAMES[N_LABELS:]
 STOI = {s: i for i, s in enumerate(VOCAB)}
 PAD, SEP, END = STOI["<pad>"], STOI["<sep>"], STOI["<end>"]
 
@@ -89,7 +98,7 @@ class Example:
 
 
 def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=None,
-                 chain_order="forward"):
+                 chain_order="forward", names=N_LABELS):
     """One example of `task` with size `n`, drawn from `rng` (a random.Random).
 
     family:      dfs/topo graph family: "random", "hub", or "mix" (either, 50/50)
@@ -99,9 +108,10 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
     distractors: lang: statements that no query needs (default n // 2)
     chain_order: lang: "forward" writes a chain first link first (a = C ;
                  b = a), "reverse" last link first (b = a ; a = C)
+    names:       lang: the pool of variable names, NAMES[:names]
     """
     distractors = n // 2 if distractors is None else distractors
-    check_size(task, n, distractors)
+    check_size(task, n, distractors, names)
     if not 0 <= density <= 8:
         raise ValueError(f"density {density} is outside 0..8")
     if hops < 1 or distractors < 0:
@@ -112,26 +122,37 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
         return dfs_example(rng, n, family, density)
     if task == "topo":
         return topo_example(rng, n, family, density)
-    return lang_example(rng, n, hops, distractors, chain_order)
+    return lang_example(rng, n, hops, distractors, chain_order, pool=names)
 
 
-def max_size(task):
+def vocab_size(task, names=N_LABELS):
+    """The vocabulary a model of `task` needs: VOCAB up to the last name it
+    can draw (lang's pool beyond the labels; dfs and topo stop at the values)."""
+    return len(SPECIALS) + N_VALUES + (max(names, N_LABELS) if task == "lang" else N_LABELS)
+
+
+def max_size(task, names=N_LABELS):
     """The largest size the vocabulary can label (lang also needs n // 2 distractors)."""
     if task != "lang":
         return N_LABELS
-    return max(n for n in range(1, N_LABELS + 1) if n + n // 2 <= N_LABELS)
+    return max(n for n in range(1, names + 1) if n + n // 2 <= names)
 
 
-def check_size(task, n, distractors=None):
+def check_size(task, n, distractors=None, names=N_LABELS):
     """Raise ValueError with a one-line reason if `task` cannot be drawn at size n."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if not 1 <= names <= MAX_NAMES:
+        raise ValueError(f"a pool of {names} names: lang's names are 1..{MAX_NAMES}")
     low = 2 if task != "lang" else 1
     if n < low:
         raise ValueError(f"size {n} is too small for {task} (at least {low})")
     needed = n + (n // 2 if distractors is None else distractors) if task == "lang" else n
-    if needed > N_LABELS:
+    if task != "lang" and needed > N_LABELS:
         raise ValueError(f"size {n} needs {needed} distinct labels but the vocabulary has {N_LABELS}")
+    if task == "lang" and needed > names:
+        raise ValueError(f"size {n} needs {needed} distinct labels (variables and distractors) "
+                         f"but the pool has {names} names (--names)")
 
 
 # -----------------------------------------------------------------------------
@@ -341,8 +362,9 @@ def random_dag(rng, n, family, density):
 # -----------------------------------------------------------------------------
 # lang: bindings resolved through chains of references
 
-def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4):
-    """`n` queryable variables in chains of 1..hops bindings, plus distractors.
+def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4, pool=N_LABELS):
+    """`n` queryable variables in chains of 1..hops bindings, plus distractors,
+    their names drawn from the first `pool` of NAMES.
 
     A chain  a = C ; b = a ; c = b  binds three variables to the value C; a
     query  c -> C  needs hops = 3 bindings resolved. Distractor variables are
@@ -361,7 +383,7 @@ def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4):
     writes it last link first (c = b ; b = a ; a = C), so when `c = b` is read
     b is not bound yet, and a k-hop query must chase its k bindings itself.
     """
-    names = [LABELS[x] for x in rng.sample(range(N_LABELS), n + distractors)]
+    names = [NAMES[x] for x in rng.sample(range(pool), n + distractors)]
     chains, rest = [], names[:n]
     while rest:
         length = rng.randint(1, min(hops, len(rest)))
@@ -428,8 +450,8 @@ def by_chance(features):
 def sample_examples(task, rng, sizes, num, **params):
     """`num` examples with sizes drawn uniformly from the range sizes = (lo, hi)."""
     lo, hi = sizes
-    check_size(task, lo)
-    check_size(task, hi)
+    check_size(task, lo, names=params.get("names", N_LABELS))
+    check_size(task, hi, names=params.get("names", N_LABELS))
     return [make_example(task, rng, rng.randint(lo, hi), **params) for _ in range(num)]
 
 
@@ -510,6 +532,8 @@ def main(argv=None):
     p.add_argument("--hops", type=int, default=4, help="lang: longest reference chain")
     p.add_argument("--chain-order", default="forward",
                    help="lang: forward (a = C ; b = a) or reverse (b = a ; a = C) chains")
+    p.add_argument("--names", type=int, default=N_LABELS,
+                   help=f"lang: the pool of variable names, up to {MAX_NAMES} (default {N_LABELS})")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
@@ -517,7 +541,7 @@ def main(argv=None):
         if args.num < 1:
             raise ValueError("--num must be at least 1")
         params = dict(family=args.family, density=args.density, hops=args.hops,
-                      chain_order=args.chain_order)
+                      chain_order=args.chain_order, names=args.names)
         examples = [make_example(args.task, rng, args.n, **params) for _ in range(args.num)]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 # defaults: a small model that trains on dfs in about 11 minutes on a 2-core
 # CPU (3000 steps at ~0.23 s; `python bench.py speed` measures your machine)
 DEFAULTS = dict(
-    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4,
+    task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, names=tasks.N_LABELS,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
     token_shift=2, depth_embed=True, norm_state=False,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
@@ -148,7 +148,8 @@ def main(argv=None):
 def model_config(args):
     """ModelConfig from the flags of the same names."""
     names = {f.name for f in dataclasses.fields(ModelConfig)} & vars(args).keys()
-    return ModelConfig(vocab_size=len(tasks.VOCAB), **{name: getattr(args, name) for name in names})
+    return ModelConfig(vocab_size=tasks.vocab_size(args.task, args.names),
+                       **{name: getattr(args, name) for name in names})
 
 
 def training_batch(step, rng, args, device):
@@ -230,8 +231,7 @@ def evaluate_held_out(model, examples, args, device, route=True):
 def task_params(config):
     """The task's generator parameters from a run's config (train.py's flags
     or a checkpoint's "config"): the regime every example is drawn from."""
-    return {"chain_order": config.get("chain_order", DEFAULTS["chain_order"]),
-            "hops": config.get("hops", DEFAULTS["hops"])}
+    return {key: config.get(key, DEFAULTS[key]) for key in ("chain_order", "hops", "names")}
 
 
 def mean_parts(parts):
@@ -353,7 +353,7 @@ def pick_device(name):
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
 MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False)
 CONFIG_FIELDS_ADDED = dict(dtype="float32")  # the same for train.py's flags (CPU runs were float32)
-RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "dtype")  # beside the model's config
+RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "names", "dtype")  # beside the model's config
 
 
 def load_checkpoint(path, args=None):
@@ -372,9 +372,11 @@ def load_checkpoint(path, args=None):
         fail(f"{path} is not a readable checkpoint ({type(e).__name__})")
     if not isinstance(ckpt, dict) or not {"model", "model_config", "config", "step"} <= ckpt.keys():
         fail(f"{path} is not a checkpoint written by train.py")
-    if ckpt["model_config"].get("vocab_size") != len(tasks.VOCAB):  # e.g. from before N_LABELS = 16
+    config = ckpt["config"]
+    vocab = tasks.vocab_size(config.get("task"), config.get("names", DEFAULTS["names"]))
+    if ckpt["model_config"].get("vocab_size") != vocab:  # e.g. from before N_LABELS = 16
         fail(f"{path} was trained with a vocabulary of {ckpt['model_config'].get('vocab_size')} tokens; "
-             f"tasks.py now has {len(tasks.VOCAB)}")
+             f"tasks.py now gives its task {vocab}")
     ckpt["model_config"] = {**MODEL_FIELDS_ADDED, **ckpt["model_config"]}
     ckpt["config"] = {**CONFIG_FIELDS_ADDED, **ckpt["config"]}
     if ckpt["model_config"].keys() != vars(ModelConfig()).keys():  # e.g. from before token_shift
@@ -393,7 +395,7 @@ def fail(message):
     sys.exit(2)
 
 
-def parse_size_range(text, task):
+def parse_size_range(text, task, names=tasks.N_LABELS):
     """'4-8' -> (4, 8), checked against what the task and vocabulary allow."""
     try:
         lo, hi = (int(x) for x in text.split("-")) if "-" in text else (int(text),) * 2
@@ -403,7 +405,7 @@ def parse_size_range(text, task):
         fail(f"--sizes {text!r}: the range is empty")
     for n in (lo, hi):
         try:
-            tasks.check_size(task, n)
+            tasks.check_size(task, n, names=names)
         except ValueError as e:
             fail(f"--sizes {text}: {e}")
     return lo, hi
@@ -426,6 +428,9 @@ def parse_args(argv):
                         "(the variable it reaches, then the value), as CLRS trains on an "
                         "algorithm's intermediate states; router none then trains every exit too")
     p.add_argument("--hops", type=int, default=d["hops"], help="lang: the longest chain of bindings")
+    p.add_argument("--names", type=int, default=d["names"],
+                   help=f"lang: the pool of variable names (up to {tasks.MAX_NAMES}; beyond {tasks.N_LABELS} "
+                        "they are tokens of lang's own), room for long chains among other chains")
     p.add_argument("--d-model", type=int, default=d["d_model"])
     p.add_argument("--n-heads", type=int, default=d["n_heads"])
     p.add_argument("--n-prelude", type=int, default=d["n_prelude"], help="blocks before the recurrence")
@@ -507,7 +512,11 @@ def parse_args(argv):
     args.hints = args.hints == "on"
     if args.hints and args.task != "lang":
         fail("--hints: only lang's chases have intermediate steps to supervise")
-    args.size_range = parse_size_range(args.sizes, args.task)
+    if args.task != "lang" and args.names != d["names"]:
+        fail("--names is a parameter of the lang task")
+    if not 1 <= args.names <= tasks.MAX_NAMES:
+        fail(f"--names must be 1..{tasks.MAX_NAMES}")
+    args.size_range = parse_size_range(args.sizes, args.task, args.names)
     args.prompt_loss = tasks.PROMPT_LOSS[args.task] if args.prompt_loss is None else args.prompt_loss == "on"
     return args
 

@@ -25,7 +25,7 @@ import train
 from model import ANIRA, ROUTERS, ModelConfig, Positions, attention
 from test_model import cached_logits
 
-V = len(tasks.VOCAB)
+V = tasks.vocab_size("dfs")
 D = 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--d-model", "32", "--n-heads", "2", "--max-depth", "3", "--batch-size", "8",

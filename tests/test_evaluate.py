@@ -313,7 +313,8 @@ def perturbed_checkpoint(router, D=3, seed=0, **more):
     """A checkpoint dict of a tiny model with random weights of a large
     spread (so that the online router halts at varied depths), in float64."""
     torch.manual_seed(seed)
-    m = ANIRA(ModelConfig(vocab_size=len(tasks.VOCAB), d_model=32, n_heads=2, max_depth=D, router=router, **more))
+    more = {"vocab_size": tasks.vocab_size("lang"), **more}
+    m = ANIRA(ModelConfig(d_model=32, n_heads=2, max_depth=D, router=router, **more))
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.4)
@@ -329,7 +330,7 @@ def test_a_deeper_model_runs_the_trained_iterations_first():
         ckpt = perturbed_checkpoint("online", D=3)
         trained, deeper = evaluate.load_model(ckpt), evaluate.load_model(ckpt, max_depth=6)
         assert deeper.cfg.max_depth == 6 and torch.equal(deeper.depth_embed[3:], trained.depth_embed[2:].expand(3, -1))
-        idx = torch.randint(0, len(tasks.VOCAB), (2, 14))
+        idx = torch.randint(0, tasks.vocab_size("lang"), (2, 14))
         with torch.no_grad():
             three = deeper(idx, forced_depth=torch.full_like(idx, 3))
             assert torch.allclose(three.logits, trained(idx, route=False).logits, atol=1e-9)
@@ -344,7 +345,7 @@ def test_a_deeper_model_runs_the_trained_iterations_first():
             assert (routed.depth[~before] >= 3).all() and ((routed.depth > 3) & (routed.depth < 6)).any()
             # causal at the extra depths too
             other = idx.clone()
-            other[:, 9] = (idx[:, 9] + 1) % len(tasks.VOCAB)
+            other[:, 9] = (idx[:, 9] + 1) % tasks.vocab_size("lang")
             changed = deeper(other, route=False)
             assert torch.allclose(changed.logits[:, :9], six.logits[:, :9], atol=1e-9)
             # cached generation agrees with the uncached forward at the new depth
@@ -378,6 +379,27 @@ def test_the_hops_oracle_runs_each_reference_its_hops(tmp_path, capsys):
         of_h = [r for r in refs if int(r["hops"]) == h["hops"]]
         assert h["num"] == len(of_h) and h["mean_depth"] == max(1, h["hops"])
         assert h["reference_acc"] == pytest.approx(np.mean([int(r["correct"]) for r in of_h]), abs=1e-4)
+
+
+def test_a_lang_checkpoint_is_tested_on_its_own_pool_of_names(tmp_path, capsys):
+    """The names a checkpoint was trained with are those of its tests (they are
+    in its vocabulary); one of another vocabulary is a one-line error."""
+    ckpt = perturbed_checkpoint("online", D=4, vocab_size=tasks.vocab_size("lang", 24))
+    torch.save({**ckpt, "model": {k: v.float() for k, v in ckpt["model"].items()},
+                "config": {"task": "lang", "router": "online", "size_range": [4, 12], "chain_order": "reverse",
+                           "names": 24}, "step": 0, "optimizer": {}}, tmp_path / "ckpt.pt")
+    evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "12-16", "--num", "4", "--out", str(tmp_path)])
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "tokens.csv")))
+    assert {int(r["n"]) for r in rows} == set(range(12, 17)) and any(int(r["target"]) >= 16 for r in rows
+                                                                     if r["target"].isdigit())
+    assert json.loads((tmp_path / "summary.json").read_text())["task_params"]["names"] == 24
+    older = torch.load(tmp_path / "ckpt.pt")
+    older["config"]["names"] = 16  # its vocabulary no longer fits its pool
+    torch.save(older, tmp_path / "older.pt")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--ckpt", str(tmp_path / "older.pt"), "--num", "2", "--out", str(tmp_path)])
+    assert "vocabulary of 43 tokens" in capsys.readouterr().err
 
 
 def test_test_time_depth_errors(tmp_path, capsys):
@@ -426,7 +448,7 @@ def test_oracle_depths_and_each_exit_against_its_hop():
     assert evaluate.forced_depth("router", feats, targets_t, D) is None
     # exits that name each hop of every chase (one-hot logits), then exit 2 of one reference wrong
     hop_targets = torch.from_numpy(tasks.exit_targets(examples, targets, D)).clamp(min=0)
-    logits = [F.one_hot(hop_targets[..., k], len(tasks.VOCAB)).float() for k in range(D)]
+    logits = [F.one_hot(hop_targets[..., k], tasks.vocab_size("lang")).float() for k in range(D)]
     b, p = next((b, p) for b in range(len(examples)) for p in np.flatnonzero(answer[b]) if hops[b, p] >= 3)
     logits[1][b, p] = logits[1][b, p].roll(1)
     right = evaluate.hop_exits_right(logits, examples, targets)

@@ -20,7 +20,7 @@ import model as model_module
 import tasks
 from model import ANIRA, ROUTERS, KVCache, ModelConfig, hazards_from_log_p, log_p_from_halt_logits
 
-V = len(tasks.VOCAB)
+V = tasks.vocab_size("dfs")
 # Tests that compare two computations of the same numbers (cached against
 # uncached, a batch against one prompt, routed against counterfactual) run in
 # float64: float32 round-off differs between CPUs and kernel paths by ~1e-5,

@@ -352,7 +352,7 @@ def parse_lang_prompt(prompt):
     for i in range(0, len(body), 4):
         var, eq, rhs, semi = body[i:i + 4]
         assert eq == "=" and semi == ";", body[i:i + 4]
-        assert var in tasks.LABELS and (rhs in tasks.LABELS or rhs in tasks.VALUES)
+        assert var in tasks.NAMES and (rhs in tasks.NAMES or rhs in tasks.VALUES)
         stmts.append((i, var, rhs))
     return stmts
 
@@ -384,15 +384,16 @@ def chase(stmts, var):
 def lang_cases():
     rng = random.Random(99)
     cases = []
-    for i in range(2400):
-        n = 1 + i % 16
-        hops = 1 + (i // 16) % 5
+    for i in range(3600):
+        names = [tasks.N_LABELS, 24, tasks.MAX_NAMES][i // 1200]  # lang's pool: the labels, then its own
+        n = 1 + i % (names * 2 // 3)
+        hops = 1 + (i // 16) % 5 + (names > tasks.N_LABELS) * 3  # up to 8 hops among other chains
         distractors = [None, 0, 3, 7][(i // 80) % 4]
         order = tasks.CHAIN_ORDERS[(i // 320) % 2]
-        if n + (n // 2 if distractors is None else distractors) > tasks.N_LABELS:
+        if n + (n // 2 if distractors is None else distractors) > names:
             distractors = 0
-        ex = tasks.make_example("lang", rng, n, hops=hops, distractors=distractors, chain_order=order)
-        cases.append((n, hops, n // 2 if distractors is None else distractors, order, ex))
+        ex = tasks.make_example("lang", rng, n, hops=hops, distractors=distractors, chain_order=order, names=names)
+        cases.append((n, hops, n // 2 if distractors is None else distractors, order, names, ex))
     return cases
 
 
@@ -403,18 +404,23 @@ def lang_examples():
 
 def test_lang_resolution_and_features(lang_examples):
     max_hops_seen = {}
-    for n, hops, distractors, order, ex in lang_examples:
-        ctx = (n, hops, distractors, order, ex.prompt, ex.target)
+    names_seen = {}
+    for n, hops, distractors, order, names, ex in lang_examples:
+        ctx = (n, hops, distractors, order, names, ex.prompt, ex.target)
         assert ex.task == "lang" and ex.n == n and ex.graph is None
         stmts = parse_lang_prompt(ex.prompt)
         variables = [v for _, v, _ in stmts]
         assert len(set(variables)) == len(variables), "variable bound twice"
         assert len(stmts) == n + distractors, ctx
+        # the names come from the pool alone, and the ids fit the vocabulary of that pool
+        assert set(variables) <= set(tasks.NAMES[:names]), ctx
+        assert max(tasks.encode(ex.prompt + ex.target)) < tasks.vocab_size("lang", names), ctx
+        names_seen.setdefault(names, set()).update(variables)
         # forward: every referenced variable is bound earlier in the prompt, so
         # reading it resolves it; reverse: later, so a query must chase it
         where = {v: pos for pos, v, _ in stmts}
         for pos, v, rhs in stmts:
-            if rhs in tasks.LABELS:
+            if rhs in tasks.NAMES:
                 assert (where[rhs] < pos) == (order == "forward"), ctx
         n_q = min(4, n)
         t = ex.target
@@ -459,7 +465,9 @@ def test_lang_resolution_and_features(lang_examples):
             for _, v, rhs in others:
                 assert rhs in tasks.VALUES and v not in referenced, ctx
     # the hops parameter is actually reached
-    assert max_hops_seen == {(h, o): h for h in range(1, 6) for o in tasks.CHAIN_ORDERS}, max_hops_seen
+    assert max_hops_seen == {(h, o): h for h in range(1, 9) for o in tasks.CHAIN_ORDERS}, max_hops_seen
+    # and every name of each pool is drawn
+    assert {names: len(seen) for names, seen in names_seen.items()} == {16: 16, 24: 24, 48: 48}
 
 
 def test_lang_chain_orders_draw_the_same_bindings():
@@ -605,7 +613,7 @@ def test_unknown_token():
     with pytest.raises(ValueError, match="'foo'"):
         tasks.encode(["3", "foo"])
     with pytest.raises(ValueError):
-        tasks.encode([str(tasks.N_LABELS)])  # label beyond N_LABELS
+        tasks.encode([str(tasks.MAX_NAMES)])  # a name beyond lang's largest pool
 
 
 # -----------------------------------------------------------------------------

@@ -100,8 +100,8 @@ def test_short_run_writes_outputs(run_a):
         assert {"train_lm", "train_halt", "train_prompt", "train_target_depth"} <= r.keys(), r
         # means of model.loss's terms over the steps since: the learning rate warms up over
         # 100 steps, so the model is barely trained and its cross-entropies are near ln V
-        assert r["train_lm"] == pytest.approx(math.log(len(tasks.VOCAB)), abs=0.2)
-        assert r["train_prompt"] == pytest.approx(math.log(len(tasks.VOCAB)), abs=0.2)
+        assert r["train_lm"] == pytest.approx(math.log(tasks.vocab_size("dfs")), abs=0.2)
+        assert r["train_prompt"] == pytest.approx(math.log(tasks.vocab_size("dfs")), abs=0.2)
         assert r["train_halt"] > 0 and 1 <= r["train_target_depth"] <= 3  # -log p(d*), p never one-hot
 
     config = json.loads((out / "config.json").read_text())
@@ -113,7 +113,7 @@ def test_short_run_writes_outputs(run_a):
     assert ckpt["step"] == 10
     m = ANIRA(ModelConfig(**ckpt["model_config"]))
     m.load_state_dict(ckpt["model"])
-    assert m.cfg.max_depth == 3 and m.cfg.router == "online" and m.cfg.vocab_size == len(tasks.VOCAB)
+    assert m.cfg.max_depth == 3 and m.cfg.router == "online" and m.cfg.vocab_size == tasks.vocab_size("dfs")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
@@ -339,6 +339,21 @@ def test_hops_sets_the_longest_chain_of_lang():
     assert int(chased.max()) == 1  # chains of at most 2 hops: one variable, then the value
     with pytest.raises(SystemExit):
         train.parse_args(["--task", "dfs", "--hops", "3"])
+
+
+def test_names_gives_lang_a_pool_of_its_own():
+    """--names draws lang's variables from a larger pool, whose names beyond the
+    labels are tokens of lang's alone: the model's vocabulary grows with it,
+    dfs keeps its own, and the old lang vocabulary is unchanged."""
+    args = train.parse_args(["--task", "lang", "--names", "24", "--sizes", "12"])
+    idx = train.training_batch(0, random.Random(0), args, torch.device("cpu"))[0]
+    assert int(idx.max()) >= tasks.vocab_size("lang") and int(idx.max()) < tasks.vocab_size("lang", 24)
+    assert train.model_config(args).vocab_size == tasks.vocab_size("lang", 24) == tasks.vocab_size("lang") + 8
+    assert train.model_config(train.parse_args([])).vocab_size == tasks.vocab_size("dfs") == tasks.vocab_size("lang")
+    for bad in (["--task", "dfs", "--names", "24"], ["--task", "lang", "--names", str(tasks.MAX_NAMES + 1)],
+                ["--task", "lang", "--names", "16", "--sizes", "12"]):  # 12 variables and 6 distractors
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, capsys):
