@@ -90,6 +90,8 @@ class ModelConfig:
     early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
     depth_embed: bool = True  # add a learned embedding of the iteration k before each iteration
     norm_state: bool = False  # LayerNorm the state before each iteration: its scale stops growing with k
+    anchor: bool = False     # discrete anchoring: x_k = h0 + embedding of exit k-1's token (see recur)
+    prompt_depth: int = 0    # iterations every prompt token runs (0: max_depth, as routers leave it)
 
 
 @dataclass
@@ -110,6 +112,11 @@ class ANIRA(nn.Module):
             raise ValueError(f"unknown early_input {cfg.early_input!r}; choose one of {', '.join(EARLY_INPUTS)}")
         if not cfg.share and cfg.router != "none":
             raise ValueError("an unshared stack has no recurrence to halt: use router none")
+        if cfg.anchor and (cfg.reinject or cfg.norm_state):
+            raise ValueError("anchor replaces the state by h0 and a token: there is no state to reinject into "
+                             "or to normalize")
+        if not 0 <= cfg.prompt_depth <= cfg.max_depth:
+            raise ValueError(f"prompt_depth {cfg.prompt_depth} is outside 0..max_depth ({cfg.max_depth})")
         self.cfg = cfg
         C, D = cfg.d_model, cfg.max_depth
         self.embed = nn.Embedding(cfg.vocab_size, C)
@@ -177,6 +184,7 @@ class ANIRA(nn.Module):
 
             x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the embedding of iteration k
                   (s_{k-1} LayerNormed first with norm_state)
+            x_k = h0 + E[argmax exit_{k-1}] + e_k  with anchor, for k > 1
             s_k = block(x_k), attending to the keys and values of x_k at the
                   tokens still running and of the frozen state at halted ones
             a token halts after iteration k if its hazard h_k > halt_threshold
@@ -199,7 +207,8 @@ class ANIRA(nn.Module):
             block = self.core[0 if cfg.share else k]
             layer = cache and cache.layer(cfg.n_prelude + k)
             if skip is not None and skip.rows is not None:  # only the running tokens compute
-                x = self.iteration_input(skip.take(visible), skip.take(h0) if cfg.reinject else None, k)
+                x = self.iteration_input(skip.take(visible), skip.take(h0) if cfg.reinject or cfg.anchor else None,
+                                         k)
                 state = block(x, pos, layer, skip.kv, skip.rows)
                 skip.put(visible, state)
             else:  # every token computes; in training the others see a halted one frozen
@@ -226,7 +235,17 @@ class ANIRA(nn.Module):
     def iteration_input(self, state, h0, k):
         """x_k: the state s_{k-1} (normalized with norm_state), plus the
         embedding e_k of iteration k (unless the step must not depend on k:
-        depth_embed False), plus h0 with reinject."""
+        depth_embed False), plus h0 with reinject.
+
+        With anchor, past the first iteration the state is replaced by h0 plus
+        the embedding of the token exit k-1 predicts (hard argmax; no gradient
+        through the choice, each exit has its own hint loss), the discrete
+        bottleneck of Altabaa et al. 2025: the state carries one hop's answer
+        and nothing else, so iteration k cannot tell how late it is from the
+        state's growth. With --hints the exits name the hops of a chase, and
+        iteration k computes the next hop from the current one."""
+        if self.cfg.anchor and k > 0:
+            state = h0 + self.embed(self.head(self.norm(state)).argmax(-1))
         state = self.state_norm(state) if self.cfg.norm_state else state
         x = state + self.depth_embed[k] if self.cfg.depth_embed else state
         return x + h0 if self.cfg.reinject else x
@@ -415,13 +434,16 @@ class Halting:
     Both routers read detached representations, so halting never shapes them.
     It keeps the halting distribution log p(d) that `loss` trains. With
     forced_depth (an oracle, for evaluation) token i stops after exactly
-    forced_depth[i] iterations instead. Under bf16 autocast the router's
+    forced_depth[i] iterations instead. With prompt_depth, the tokens the
+    router does not decide for (the prompt) stop after that many iterations,
+    whoever decides the others. Under bf16 autocast the router's
     logits are taken back to the state's dtype (float32), so the halting
     distribution is float32 on any device (CPU autocast would keep
     log_softmax and cumsum in bf16; CUDA's does not)."""
 
     def __init__(self, model, embedded, h0, adaptive, route=True, cache=None, forced_depth=None):
         self.model, self.cfg, self.forced = model, model.cfg, forced_depth
+        self.adaptive = adaptive
         self.decides = adaptive & (route and self.cfg.router != "none")
         self.halt_logits = []  # online: a_k, with h_k = sigmoid(a_k)
         if self.cfg.router == "early":  # all hazards fixed before the recurrence
@@ -431,13 +453,23 @@ class Halting:
 
     def can_stop(self, k):
         """Whether a token may stop after iteration k (the last stops every token)."""
-        return (self.cfg.router != "none" or self.forced is not None) and k < self.cfg.max_depth - 1
+        decided = self.cfg.router != "none" or self.forced is not None or self.cfg.prompt_depth
+        return decided and k < self.cfg.max_depth - 1
 
     def stops_after(self, k, state, rows=None):
-        """(B, T) bool: the tokens whose hazard says stop after iteration k.
+        """(B, T) bool: the tokens that stop after iteration k: the prompt at
+        prompt_depth, the others where their hazard says so.
         state: (B, T, C), or (N, C) for the running tokens at the flat `rows`."""
+        stop = self.hazard_stops(k, state, rows)
+        if self.cfg.prompt_depth:
+            return torch.where(self.adaptive, stop, k + 1 == self.cfg.prompt_depth)
+        return stop
+
+    def hazard_stops(self, k, state, rows=None):
         if self.forced is not None:
             return self.forced == k + 1
+        if self.cfg.router == "none":  # only the prompt stops early (prompt_depth)
+            return self.decides
         if self.cfg.router == "early":
             return self.decides & self.early_stops[..., k]
         self.halt_logits.append(self.model.router(state.detach()).squeeze(-1).to(state.dtype))

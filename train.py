@@ -35,7 +35,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, names=tasks.N_LABELS,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
-    token_shift=2, depth_embed=True, norm_state=False,
+    token_shift=2, depth_embed=True, norm_state=False, anchor=False, prompt_depth=0,
     ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -351,7 +351,7 @@ def pick_device(name):
 
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
-MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False)
+MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False, anchor=False, prompt_depth=0)
 CONFIG_FIELDS_ADDED = dict(dtype="float32")  # the same for train.py's flags (CPU runs were float32)
 RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "names", "dtype")  # beside the model's config
 
@@ -448,6 +448,12 @@ def parse_args(argv):
     p.add_argument("--norm-state", action="store_true", default=d["norm_state"],
                    help="LayerNorm the state before every iteration, so that its scale does not grow "
                         "with the iteration k (thinking longer)")
+    p.add_argument("--anchor", action="store_true", default=d["anchor"],
+                   help="discrete anchoring (thinking longer): past the first iteration, the state is replaced "
+                        "by h0 plus the embedding of the previous exit's predicted token")
+    p.add_argument("--prompt-depth", type=int, default=d["prompt_depth"],
+                   help="iterations every prompt token runs (0: max_depth); 1 freezes the prompt after "
+                        "its first, so a deeper test shows no iteration a prompt state it was not trained on")
     p.add_argument("--token-shift", type=int, default=d["token_shift"],
                    help="each input also sees this many previous tokens (0: off)")
     p.add_argument("--ponder", type=float, default=d["ponder"],
@@ -499,6 +505,10 @@ def parse_args(argv):
             fail(f"--{name.replace('_', '-')} must not be negative")
     if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
         fail("--d-model must be a multiple of --n-heads with an even head size")
+    if args.anchor and (args.reinject or args.norm_state):
+        fail("--anchor replaces the state: it cannot be combined with --reinject or --norm-state")
+    if not 0 <= args.prompt_depth <= args.max_depth:
+        fail(f"--prompt-depth must be 0..--max-depth ({args.max_depth})")
     if args.early_input not in EARLY_INPUTS:
         fail(f"unknown --early-input {args.early_input!r}; choose one of {', '.join(EARLY_INPUTS)}")
     if args.early_input != "prelude" and args.router != "early":

@@ -43,9 +43,11 @@ CONFIGS = [  # (router, share, reinject, other ModelConfig fields)
     ("none", False, False, {}),
     ("online", True, False, {"depth_embed": False}),
     ("online", True, False, {"depth_embed": False, "norm_state": True}),
+    ("online", True, False, {"depth_embed": False, "anchor": True, "prompt_depth": 1}),
+    ("none", True, False, {"anchor": True, "prompt_depth": 2}),
 ]
 CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed",
-              "online-norm-state"]
+              "online-norm-state", "online-anchor-prompt-1", "none-anchor-prompt-2"]
 
 
 def make(router="online", share=True, reinject=False, D=4, seed=0, **more):
@@ -193,9 +195,10 @@ def test_full_depth_cases(router, share, reinject, more):
         unrouted = m(idx, route=False)
     if router == "none":  # every adaptive token runs max_depth
         assert (routed.depth == 3).all()
-    assert (fixed.depth == 3).all()      # adaptive False everywhere
+    assert (fixed.depth == (more.get("prompt_depth") or 3)).all()  # adaptive False everywhere: the prompt
     assert (unrouted.depth == 3).all()   # route=False
-    assert torch.allclose(fixed.logits, unrouted.logits, atol=EXACT)
+    if not more.get("prompt_depth"):
+        assert torch.allclose(fixed.logits, unrouted.logits, atol=EXACT)
     # training forward with route=False: full depth as well
     m.train()
     targets = torch.randint(0, V, idx.shape)
@@ -487,7 +490,7 @@ def test_generate_matches_uncached_forward(router, share, reinject, more):
     out = teacher_forced(m, prompt, tokens)
     assert torch.equal(out.logits[:, P - 1:].argmax(-1), tokens)
     assert torch.equal(out.depth[:, P - 1:], depths)
-    assert (out.depth[:, :P - 1] == D).all()
+    assert (out.depth[:, :P - 1] == (more.get("prompt_depth") or D)).all()  # the prompt
     logits, cached_depths = cached_logits(m, prompt, tokens)
     assert torch.equal(cached_depths, depths)
     assert torch.allclose(logits, out.logits[:, P - 1:], atol=EXACT, rtol=0)
@@ -558,7 +561,9 @@ def test_training_skips_the_last_iteration_of_tokens_nothing_reads(router, share
         assert torch.allclose(full.exit_logits[k], part.exit_logits[k], atol=EXACT)
     assert torch.allclose(full.exit_logits[-1][outputs], part.exit_logits[-1][outputs], atol=EXACT)
     assert torch.allclose(full.logits[outputs], part.logits[outputs], atol=EXACT)
-    assert not torch.allclose(full.exit_logits[-1][~outputs], part.exit_logits[-1][~outputs], atol=1e-3)
+    if not more.get("anchor"):  # (anchored, a prompt frozen before it reaches a fixed point: the same token
+        # in, the same frozen keys and values seen, the same state out)
+        assert not torch.allclose(full.exit_logits[-1][~outputs], part.exit_logits[-1][~outputs], atol=1e-3)
     assert torch.allclose(full.loss, part.loss, atol=EXACT)
     assert full_grads.keys() == part_grads.keys()
     for n in full_grads:
