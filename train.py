@@ -197,8 +197,7 @@ def evaluate_held_out(model, examples, args, device, route=True):
         idx, targets, feats = tasks.make_batch(chunk)
         idx_t, targets_t = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
         with autocast(device, args.dtype):
-            out = model(idx_t, adaptive=targets_t != -1) if route else \
-                model(idx_t, adaptive=torch.zeros_like(targets_t, dtype=torch.bool))
+            out = model(idx_t, adaptive=targets_t != -1, route=route)
         mask = targets_t != -1
         losses.append(torch.nn.functional.cross_entropy(out.logits[mask].float(), targets_t[mask]).item())
         ok = (out.logits.argmax(-1) == targets_t) | ~mask

@@ -231,6 +231,38 @@ def rows_of(call):
     return {int(i): r for r, i in enumerate(call["run"])}
 
 
+@pytest.mark.parametrize("depth_embed", [False, True])
+def test_anchor_replaces_the_state_by_h0_and_the_previous_exits_token(depth_embed):
+    """With anchor, the input of every iteration past the first is h0 plus the
+    embedding of the token the previous iteration's exit predicts (and e_k with
+    depth_embed): nothing else of the state reaches the next iteration; and the
+    prompt runs prompt_depth iterations, in inference and in training."""
+    D, P = 4, 6
+    m = perturb(make("online", D=D, seed=5, depth_embed=depth_embed, anchor=True, prompt_depth=1)).eval()
+    idx = torch.randint(0, V, (3, 14))
+    adaptive = torch.zeros_like(idx, dtype=torch.bool)
+    adaptive[:, P:] = True
+    h0 = m.prelude[0](m.embed_tokens(idx), m.positions(14, idx.device)).reshape(-1, 32)
+    calls, handle = record_core_calls(m)
+    with torch.no_grad():
+        out = m(idx, adaptive=adaptive)
+        trained = m.train()(idx, adaptive=adaptive, counterfactual=True)
+    handle.remove()
+    assert (out.depth[:, :P] == 1).all() and (out.depth[:, P:] > 1).any()
+    assert (trained.depth[:, :P] == 1).all() and torch.equal(trained.depth, out.depth)
+    e = m.depth_embed if depth_embed else torch.zeros(D, 32)
+    inference = calls[:int(out.depth.max())]
+    for k, call in enumerate(inference):
+        expected = h0[call["run"]] + e[k]
+        if k:
+            before = rows_of(inference[k - 1])
+            previous = inference[k - 1]["out"][[before[int(i)] for i in call["run"]]]
+            expected = expected + m.embed(m.head(m.norm(previous)).argmax(-1))
+        assert torch.allclose(call["x"], expected, atol=EXACT), k
+        assert k == 0 or not adaptive.view(-1)[call["run"]].logical_not().any()  # the prompt stopped at 1
+    assert len(calls) == len(inference) + D  # the training forward: every token, every iteration
+
+
 @pytest.mark.parametrize("router", ["early", "online"])
 def test_halted_tokens_are_frozen_eval(router):
     """Inference: a token halted after iteration d is not computed again; its

@@ -356,6 +356,17 @@ def test_names_gives_lang_a_pool_of_its_own():
             train.parse_args(bad)
 
 
+def test_held_out_depth_before_halting_is_switched_on():
+    """Before halting is on (route False) every answer token runs max_depth, the
+    prompt its prompt_depth: the answer is not mistaken for the prompt."""
+    args = train.parse_args(["--task", "lang", "--max-depth", "3", "--prompt-depth", "1", "--anchor"])
+    torch.manual_seed(0)
+    model = ANIRA(train.model_config(args))
+    examples = tasks.sample_examples("lang", random.Random(0), (4, 6), 8)
+    stats = train.evaluate_held_out(model, examples, args, torch.device("cpu"), route=False)
+    assert stats["mean_depth"] == 3 and stats["std_depth"] == 0
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, capsys):
     """A save that dies half way leaves the previous checkpoint intact."""
     torch.manual_seed(0)
@@ -414,6 +425,10 @@ def early_ckpt_dir(tmp_path_factory):
     ["--grad-clip", "-1"],
     ["--max-minutes", "nan"],
     ["--ponder", "inf"],
+    ["--anchor", "--reinject"],
+    ["--anchor", "--norm-state"],
+    ["--max-depth", "3", "--prompt-depth", "4"],
+    ["--prompt-depth", "-1"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments(args, tmp_path, capsys):
     torch.manual_seed(0)
