@@ -171,7 +171,7 @@ def profile(args, run):
     for r in range(args.rounds + 2):  # two to warm up
         step = run.halt_warmup + r  # routing on, past the curriculum's small examples if any
         t = [time.perf_counter()]
-        idx, targets, prompt, exits = train.training_batch(max(step, run.curriculum), rng, run, device)
+        idx, targets, prompt, exits = train.training_batch(max(step, run.curriculum), rng, run, device)[:4]
         t.append(time.perf_counter())
         clock.clear()
         with train.autocast(device, run.dtype):
@@ -227,10 +227,9 @@ def module_clock(parts):
 def step_flops(model, run, device):
     """Matmul FLOPs of one training step, forward and backward, in run.dtype."""
     from torch.utils.flop_counter import FlopCounterMode
-    idx, targets, prompt, exits = train.training_batch(max(run.halt_warmup, run.curriculum), random.Random(0),
-                                                       run, device)
+    batch = train.training_batch(max(run.halt_warmup, run.curriculum), random.Random(0), run, device)
     with FlopCounterMode(display=False) as counter, train.autocast(device, run.dtype):
-        train.forward_and_loss(model, (idx, targets, prompt, exits), run)[0].backward()
+        train.forward_and_loss(model, batch, run)[0].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 

@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, names=tasks.N_LABELS,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
     token_shift=2, depth_embed=True, norm_state=False, anchor=False, prompt_depth=0,
-    ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
+    ponder=0.002, halt_warmup=500, curriculum=0, random_depth=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", dtype=None, out=None, resume=False,  # dtype None: by device, see default_dtype
@@ -119,9 +120,9 @@ def main(argv=None):
             lr = learning_rate(step, elapsed, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx, targets, prompt, exits = training_batch(step, rng, args, device)
+            batch = training_batch(step, rng, args, device)
             with autocast(device, args.dtype):
-                loss, parts = forward_and_loss(model, (idx, targets, prompt, exits), args, step >= args.halt_warmup)
+                loss, parts = forward_and_loss(model, batch, args, step >= args.halt_warmup)
             check_finite(loss.item(), step, ckpt_path)
             for name, value in parts.items():
                 train_parts.setdefault(name, []).append(value)
@@ -130,7 +131,7 @@ def main(argv=None):
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             step += 1
-            tokens_seen += idx.numel()
+            tokens_seen += batch.idx.numel()
             elapsed = time.time() - t0
         if interrupted:
             print(f"\ninterrupted at step {step}: saving {ckpt_path}")
@@ -152,23 +153,30 @@ def model_config(args):
                        **{name: getattr(args, name) for name in names})
 
 
+# A training batch: ids, next-token targets (-1: no loss), the prompt's targets
+# (--prompt-loss) and each exit's (--hints) or None, and the iterations it runs.
+Batch = namedtuple("Batch", "idx targets prompt exits iterations")
+
+
 def training_batch(step, rng, args, device):
-    """This step's fresh examples as tensors: ids, next-token targets (-1: no
-    loss), and, when the run asks for them, the prompt's targets
-    (--prompt-loss) and each exit's target (--hints); else None."""
+    """This step's fresh examples as a Batch of tensors. Its iterations are
+    max_depth, or with --random-depth drawn from random_depth..max_depth."""
+    iterations = rng.randint(args.random_depth, args.max_depth) if args.random_depth else args.max_depth
     batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
                                   **task_params(vars(args)))
     idx, targets = tasks.make_batch(batch)[:2]
     prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
-    exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
-    return [None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)]
+    exits = tasks.exit_targets(batch, targets, iterations) if args.hints else None
+    return Batch(*(None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)),
+                 iterations)
 
 
 def forward_and_loss(model, batch, args, route=True):
-    """The training forward of a batch (training_batch's) and its loss,
-    model.loss: every exit computed (counterfactual), routing on or not."""
-    idx, targets, prompt, exits = batch
-    out = model(idx, adaptive=targets != -1, route=route, counterfactual=True, outputs=read_by_loss(targets, prompt))
+    """The training forward of a Batch and its loss, model.loss: every exit
+    computed (counterfactual), routing on or not."""
+    idx, targets, prompt, exits, iterations = batch
+    out = model(idx, adaptive=targets != -1, route=route, counterfactual=True, outputs=read_by_loss(targets, prompt),
+                iterations=iterations)
     return model.loss(out, targets, args.ponder, prompt, exits)
 
 
@@ -462,6 +470,9 @@ def parse_args(argv):
                    help="steps at full depth before halting is switched on")
     p.add_argument("--curriculum", type=int, default=d["curriculum"],
                    help="steps over which the largest training size grows to the top of --sizes (0: none)")
+    p.add_argument("--random-depth", type=int, default=d["random_depth"],
+                   help="thinking longer: each batch runs a number of iterations drawn from this..--max-depth "
+                        "(0: always --max-depth), so that no iteration count is the last one ever trained")
     p.add_argument("--prompt-loss", choices=("on", "off"), default=d["prompt_loss"],
                    help="also predict the prompt's tokens (default: on for dfs and topo, "
                         "off for lang, whose prompt is random: tasks.PROMPT_LOSS)")
@@ -506,6 +517,10 @@ def parse_args(argv):
         fail("--d-model must be a multiple of --n-heads with an even head size")
     if args.anchor and (args.reinject or args.norm_state):
         fail("--anchor replaces the state: it cannot be combined with --reinject or --norm-state")
+    if not 0 <= args.random_depth <= args.max_depth:
+        fail(f"--random-depth must be 0..--max-depth ({args.max_depth})")
+    if args.random_depth and args.router == "early":
+        fail("--random-depth: ANIRA-E's distribution is over a fixed set of depths; use router online or none")
     if not 0 <= args.prompt_depth <= args.max_depth:
         fail(f"--prompt-depth must be 0..--max-depth ({args.max_depth})")
     if args.early_input not in EARLY_INPUTS:
