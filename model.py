@@ -143,7 +143,7 @@ class ANIRA(nn.Module):
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
     def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None, forced_depth=None,
-                outputs=None, iterations=None):
+                outputs=None, iterations=None, anchors=None):
         """Run the model on token ids idx (B, T); returns an Output.
 
         adaptive  (B, T) bool: the tokens whose depth the router decides (the
@@ -169,6 +169,10 @@ class ANIRA(nn.Module):
         iterations  with counterfactual: run this many iterations instead of
                   max_depth, the last stopping every token (train.py
                   --random-depth).
+        anchors   (B, T, iterations) token ids, with anchor and counterfactual:
+                  the token whose embedding iteration k+1's input takes in
+                  place of exit k's prediction, -1 to keep the prediction
+                  (train.py --anchor-forcing feeds the true hops).
         """
         if adaptive is None:
             adaptive = torch.ones_like(idx, dtype=torch.bool)
@@ -178,11 +182,11 @@ class ANIRA(nn.Module):
         for i, block in enumerate(self.prelude):
             h0 = block(h0, pos, cache and cache.layer(i))
         halting = Halting(self, embedded, h0, adaptive, route, cache, forced_depth, iterations)
-        visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual, outputs)
+        visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual, outputs, anchors)
         return Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exits or None,
                       log_p_depth=halting.log_p_depth() if counterfactual else None)
 
-    def recur(self, h0, halting, pos, cache=None, counterfactual=False, outputs=None):
+    def recur(self, h0, halting, pos, cache=None, counterfactual=False, outputs=None, anchors=None):
         """The recurrence: token i runs d_i iterations of the shared block.
 
             x_k = s_{k-1} + e_k  (+ h0 with reinject)     s_0 = h0, e_k the embedding of iteration k
@@ -215,7 +219,8 @@ class ANIRA(nn.Module):
                 state = block(x, pos, layer, skip.kv, skip.rows)
                 skip.put(visible, state)
             else:  # every token computes; in training the others see a halted one frozen
-                x = self.iteration_input(state, h0, k)
+                given = anchors[..., k - 1] if anchors is not None and k > 0 else None
+                x = self.iteration_input(state, h0, k, given)
                 kv = block.keys_values(torch.where(running[..., None], x, visible)) if counterfactual else None
                 if outputs is not None and k == halting.iterations - 1:  # the last: only the outputs the loss reads
                     state = last_iteration(block, x, state, kv, pos, outputs)
@@ -235,7 +240,7 @@ class ANIRA(nn.Module):
                 break
         return visible, depth, exits
 
-    def iteration_input(self, state, h0, k):
+    def iteration_input(self, state, h0, k, given=None):
         """x_k: the state s_{k-1} (normalized with norm_state), plus the
         embedding e_k of iteration k (unless the step must not depend on k:
         depth_embed False), plus h0 with reinject.
@@ -246,9 +251,14 @@ class ANIRA(nn.Module):
         bottleneck of Altabaa et al. 2025: the state carries one hop's answer
         and nothing else, so iteration k cannot tell how late it is from the
         state's growth. With --hints the exits name the hops of a chase, and
-        iteration k computes the next hop from the current one."""
+        iteration k computes the next hop from the current one. `given` (B, T)
+        token ids replace the prediction where they are not -1 (teacher
+        forcing in training: each hop learned from the true previous one)."""
         if self.cfg.anchor and k > 0:
-            state = h0 + self.embed(self.head(self.norm(state)).argmax(-1))
+            token = self.head(self.norm(state)).argmax(-1)
+            if given is not None:
+                token = torch.where(given >= 0, given, token)
+            state = h0 + self.embed(token)
         state = self.state_norm(state) if self.cfg.norm_state else state
         x = state + self.depth_embed[k] if self.cfg.depth_embed else state
         return x + h0 if self.cfg.reinject else x

@@ -36,7 +36,7 @@ from model import ANIRA, EARLY_INPUTS, ROUTERS, ModelConfig
 DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, names=tasks.N_LABELS,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
-    token_shift=2, depth_embed=True, norm_state=False, anchor=False, prompt_depth=0,
+    token_shift=2, depth_embed=True, norm_state=False, anchor=False, prompt_depth=0, anchor_forcing=0.0,
     ponder=0.002, halt_warmup=500, curriculum=0, random_depth=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
@@ -176,8 +176,21 @@ def forward_and_loss(model, batch, args, route=True):
     computed (counterfactual), routing on or not."""
     idx, targets, prompt, exits, iterations = batch
     out = model(idx, adaptive=targets != -1, route=route, counterfactual=True, outputs=read_by_loss(targets, prompt),
-                iterations=iterations)
+                iterations=iterations, anchors=forced_anchors(exits, args.anchor_forcing))
     return model.loss(out, targets, args.ponder, prompt, exits)
+
+
+def forced_anchors(exits, fraction):
+    """--anchor-forcing: teacher forcing of the anchor. The (B, T, iterations)
+    tokens whose embeddings the iterations after each exit take: its hint
+    target (the true hop) for a random `fraction` of them, -1 (the model's own
+    prediction) for the rest; None when fraction is 0. From its own prediction
+    hop k learns only once hops 1..k-1 are right; from the true one every hop
+    learns from the start."""
+    if not fraction:
+        return None
+    forced = torch.rand(exits.shape, device=exits.device) < fraction
+    return torch.where(forced, exits, -1)
 
 
 def read_by_loss(targets, prompt_targets):
@@ -458,6 +471,9 @@ def parse_args(argv):
     p.add_argument("--anchor", action="store_true", default=d["anchor"],
                    help="discrete anchoring (thinking longer): past the first iteration, the state is replaced "
                         "by h0 plus the embedding of the previous exit's predicted token")
+    p.add_argument("--anchor-forcing", type=float, default=d["anchor_forcing"],
+                   help="with --anchor and --hints: the fraction of the anchors that training feeds the true "
+                        "previous hop instead of the predicted one (teacher forcing; 0: none, 1: all)")
     p.add_argument("--prompt-depth", type=int, default=d["prompt_depth"],
                    help="iterations every prompt token runs (0: max_depth); 1 freezes the prompt after "
                         "its first, so a deeper test shows no iteration a prompt state it was not trained on")
@@ -517,6 +533,8 @@ def parse_args(argv):
         fail("--d-model must be a multiple of --n-heads with an even head size")
     if args.anchor and (args.reinject or args.norm_state):
         fail("--anchor replaces the state: it cannot be combined with --reinject or --norm-state")
+    if not 0 <= args.anchor_forcing <= 1:
+        fail("--anchor-forcing is a fraction: 0..1")
     if not 0 <= args.random_depth <= args.max_depth:
         fail(f"--random-depth must be 0..--max-depth ({args.max_depth})")
     if args.random_depth and args.router == "early":
@@ -536,6 +554,8 @@ def parse_args(argv):
     args.hints = args.hints == "on"
     if args.hints and args.task != "lang":
         fail("--hints: only lang's chases have intermediate steps to supervise")
+    if args.anchor_forcing and not (args.anchor and args.hints):
+        fail("--anchor-forcing feeds the anchor the true hops: use it with --anchor and --hints on")
     if args.task != "lang" and args.names != d["names"]:
         fail("--names is a parameter of the lang task")
     if not 1 <= args.names <= tasks.MAX_NAMES:
