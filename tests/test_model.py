@@ -263,6 +263,29 @@ def test_anchor_replaces_the_state_by_h0_and_the_previous_exits_token(depth_embe
     assert len(calls) == len(inference) + D  # the training forward: every token, every iteration
 
 
+def test_anchor_forcing_feeds_the_given_tokens_in_training():
+    """In the training forward, `anchors` (train.py --anchor-forcing) replaces
+    the prediction of exit k by the given token wherever it is not -1: the
+    input of iteration k+1 is h0 plus that token's embedding."""
+    D = 4
+    m = perturb(make("online", D=D, seed=5, depth_embed=False, anchor=True, prompt_depth=1)).train()
+    idx = torch.randint(0, V, (3, 14))
+    anchors = torch.randint(0, V, (3, 14, D))
+    anchors[torch.rand(anchors.shape) < 0.5] = -1
+    h0 = m.prelude[0](m.embed_tokens(idx), m.positions(14, idx.device)).reshape(-1, 32)
+    calls, handle = record_core_calls(m)
+    with torch.no_grad():
+        m(idx, counterfactual=True, anchors=anchors)
+    handle.remove()
+    assert len(calls) == D
+    for k in range(1, D):
+        predicted = m.head(m.norm(calls[k - 1]["out"])).argmax(-1)
+        given = anchors[..., k - 1].reshape(-1)
+        assert (given[given >= 0] != predicted[given >= 0]).any()  # the given tokens change something
+        token = torch.where(given >= 0, given, predicted)
+        assert torch.allclose(calls[k]["x"], h0 + m.embed(token), atol=EXACT), k
+
+
 @pytest.mark.parametrize("router", ["none", "online"])
 def test_fewer_iterations_are_the_first_ones(router):
     """A training forward of j < max_depth iterations (train.py --random-depth)

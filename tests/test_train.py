@@ -367,6 +367,30 @@ def test_held_out_depth_before_halting_is_switched_on():
     assert stats["mean_depth"] == 3 and stats["std_depth"] == 0
 
 
+def test_anchor_forcing_feeds_the_true_hops_to_the_training_forward():
+    """--anchor-forcing F: the training forward's anchors are the exits' hint
+    targets (the true hops) for about a fraction F of them, -1 (the model's
+    own prediction) for the rest; and forward_and_loss passes them."""
+    args = train.parse_args(["--task", "lang", "--hints", "on", "--anchor", "--prompt-depth", "1",
+                             "--max-depth", "4", "--anchor-forcing", "1", "--batch-size", "16"])
+    batch = train.training_batch(0, random.Random(0), args, torch.device("cpu"))
+    assert train.forced_anchors(batch.exits, 0) is None
+    assert torch.equal(train.forced_anchors(batch.exits, 1), batch.exits)
+    torch.manual_seed(0)
+    half = train.forced_anchors(batch.exits, 0.5)
+    forced = (half != -1) & (batch.exits != -1)
+    assert torch.equal(half[forced], batch.exits[forced]) and (half[batch.exits != -1] == -1).any()
+    assert abs(forced.sum() / (batch.exits != -1).sum() - 0.5) < 0.1
+    torch.manual_seed(0)
+    model = ANIRA(train.model_config(args))
+    loss = train.forward_and_loss(model, batch, args)[0]
+    idx, targets = batch.idx, batch.targets
+    out = model(idx, adaptive=targets != -1, counterfactual=True, outputs=targets != -1, anchors=batch.exits)
+    assert torch.allclose(loss, model.loss(out, targets, args.ponder, None, batch.exits)[0])
+    args.anchor_forcing = 0
+    assert not torch.allclose(loss, train.forward_and_loss(model, batch, args)[0])
+
+
 def test_random_depth_draws_every_iteration_count_in_its_range():
     """--random-depth: each batch runs lo..max_depth iterations, every count
     drawn, and its hint targets have one exit per iteration, the last the answer."""
@@ -451,6 +475,9 @@ def early_ckpt_dir(tmp_path_factory):
     ["--anchor", "--norm-state"],
     ["--max-depth", "3", "--prompt-depth", "4"],
     ["--prompt-depth", "-1"],
+    ["--task", "lang", "--hints", "on", "--anchor-forcing", "1"],
+    ["--task", "lang", "--anchor", "--anchor-forcing", "1"],
+    ["--task", "lang", "--hints", "on", "--anchor", "--anchor-forcing", "1.5"],
 ], ids=lambda a: " ".join(a))
 def test_bad_arguments(args, tmp_path, capsys):
     torch.manual_seed(0)
