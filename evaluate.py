@@ -27,7 +27,9 @@ Test-time depth: --max-depth runs more (or fewer) iterations than trained;
 --depth max or hops replaces the router by an oracle (every token to
 max_depth; each reference to its number of hops), to tell a failing step
 from a failing halting decision. summary.json then also has, on lang,
-reference accuracy and mean depth by hops ("by_hops").
+reference accuracy and mean depth by hops ("by_hops"); --uniform-hops asks
+every prompt for the end of a chain of 1..--hops hops, so that the longest
+chains are tested as often as the short ones.
 Examples come from a seed distinct from training and from train.py's held-out set.
 """
 import argparse
@@ -58,10 +60,14 @@ def main(argv=None):
     if args.depth in ("hops", "4x", "control") and task != "lang":
         fail(f"--depth {args.depth}: only lang's references have a number of hops")
     params = {**task_params(config), **({"hops": args.hops} if args.hops else {})}
-    if args.hops and task != "lang":
-        fail("--hops is a parameter of the lang task")
+    if (args.hops or args.uniform_hops) and task != "lang":
+        fail("--hops and --uniform-hops are parameters of the lang task")
     default_hi = min(2 * train_sizes[1], tasks.max_size(task, params["names"]))
     sizes = parse_size_range(args.sizes or f"{train_sizes[0]}-{default_hi}", task, params["names"])
+    if args.uniform_hops:
+        if params["hops"] > sizes[0]:
+            fail(f"--uniform-hops: a chain of {params['hops']} hops does not fit in {sizes[0]} variables")
+        params["uniform_hops"] = True
     out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt))
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -335,6 +341,9 @@ def parse_args(argv):
                    help="; ".join(f"{k}: {v}" for k, v in DEPTHS.items()))
     p.add_argument("--hops", type=int, default=None,
                    help="lang: the longest chain of the test examples (default: the task's, 4)")
+    p.add_argument("--uniform-hops", action="store_true",
+                   help="lang: every prompt asks for the end of a chain of 1..--hops hops, so every hop "
+                        "count has about --num / --hops references (random prompts have few long chains)")
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--show", type=int, default=0, help="print K generated examples with depths")

@@ -98,7 +98,7 @@ class Example:
 
 
 def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=None,
-                 chain_order="forward", names=N_LABELS):
+                 chain_order="forward", names=N_LABELS, uniform_hops=False):
     """One example of `task` with size `n`, drawn from `rng` (a random.Random).
 
     family:      dfs/topo graph family: "random", "hub", or "mix" (either, 50/50)
@@ -109,6 +109,10 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
     chain_order: lang: "forward" writes a chain first link first (a = C ;
                  b = a), "reverse" last link first (b = a ; a = C)
     names:       lang: the pool of variable names, NAMES[:names]
+    uniform_hops: lang (tests of long chains): one chain's length is drawn
+                 uniformly from 1..hops and a query asks its end, so every
+                 hop count up to `hops` is asked about as often (random
+                 chains rarely reach the longest)
     """
     distractors = n // 2 if distractors is None else distractors
     check_size(task, n, distractors, names)
@@ -116,13 +120,15 @@ def make_example(task, rng, n, family="mix", density=1.0, hops=4, distractors=No
         raise ValueError(f"density {density} is outside 0..8")
     if hops < 1 or distractors < 0:
         raise ValueError("lang needs hops >= 1 and distractors >= 0")
+    if uniform_hops and hops > n:
+        raise ValueError(f"a chain of {hops} hops does not fit in {n} variables")
     if chain_order not in CHAIN_ORDERS:
         raise ValueError(f"unknown chain order {chain_order!r}; choose one of {', '.join(CHAIN_ORDERS)}")
     if task == "dfs":
         return dfs_example(rng, n, family, density)
     if task == "topo":
         return topo_example(rng, n, family, density)
-    return lang_example(rng, n, hops, distractors, chain_order, pool=names)
+    return lang_example(rng, n, hops, distractors, chain_order, pool=names, uniform_hops=uniform_hops)
 
 
 def vocab_size(task, names=N_LABELS):
@@ -362,9 +368,11 @@ def random_dag(rng, n, family, density):
 # -----------------------------------------------------------------------------
 # lang: bindings resolved through chains of references
 
-def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4, pool=N_LABELS):
+def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4, pool=N_LABELS,
+                 uniform_hops=False):
     """`n` queryable variables in chains of 1..hops bindings, plus distractors,
-    their names drawn from the first `pool` of NAMES.
+    their names drawn from the first `pool` of NAMES. The first chain's
+    length is uniform in 1..hops (when hops <= n); uniform_hops queries its end.
 
     A chain  a = C ; b = a ; c = b  binds three variables to the value C; a
     query  c -> C  needs hops = 3 bindings resolved. Distractor variables are
@@ -414,7 +422,12 @@ def lang_example(rng, n, hops, distractors, chain_order="forward", n_queries=4, 
         hints.append(hint or [token])
         target.append(token)
 
-    for name in rng.sample(names[:n], min(n_queries, n)):
+    queried = rng.sample(names[:n], min(n_queries, n))
+    if uniform_hops:  # one query asks the end of the first chain, at a random place among the others
+        end = chains[0][1][-1]
+        queried = [q for q in queried if q != end][:n_queries - 1]
+        queried.insert(rng.randint(0, len(queried)), end)
+    for name in queried:
         value, h, pos = binding[name]
         emit(name, RANDOM)
         emit("->", FILLER)
@@ -534,6 +547,8 @@ def main(argv=None):
                    help="lang: forward (a = C ; b = a) or reverse (b = a ; a = C) chains")
     p.add_argument("--names", type=int, default=N_LABELS,
                    help=f"lang: the pool of variable names, up to {MAX_NAMES} (default {N_LABELS})")
+    p.add_argument("--uniform-hops", action="store_true",
+                   help="lang: ask for the end of one chain of 1..--hops hops in every prompt")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
@@ -541,7 +556,7 @@ def main(argv=None):
         if args.num < 1:
             raise ValueError("--num must be at least 1")
         params = dict(family=args.family, density=args.density, hops=args.hops,
-                      chain_order=args.chain_order, names=args.names)
+                      chain_order=args.chain_order, names=args.names, uniform_hops=args.uniform_hops)
         examples = [make_example(args.task, rng, args.n, **params) for _ in range(args.num)]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

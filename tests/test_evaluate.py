@@ -379,6 +379,16 @@ def test_the_hops_oracle_runs_each_reference_its_hops(tmp_path, capsys):
         of_h = [r for r in refs if int(r["hops"]) == h["hops"]]
         assert h["num"] == len(of_h) and h["mean_depth"] == max(1, h["hops"])
         assert h["reference_acc"] == pytest.approx(np.mean([int(r["correct"]) for r in of_h]), abs=1e-4)
+    # --uniform-hops: every prompt asks for the end of a chain of 1..6 hops; one that does not fit is an error
+    evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "6", "--num", "48", "--hops", "6",
+                   "--uniform-hops", "--max-depth", "6", "--depth", "hops", "--out", str(tmp_path)])
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task_params"]["uniform_hops"] and [h["hops"] for h in summary["by_hops"]] == list(range(1, 7))
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "5", "--num", "2", "--hops", "6",
+                       "--uniform-hops", "--out", str(tmp_path)])
+    assert_one_error_line(e.value.code, capsys.readouterr().err)
 
 
 def test_a_lang_checkpoint_is_tested_on_its_own_pool_of_names(tmp_path, capsys):

@@ -392,7 +392,9 @@ def lang_cases():
         order = tasks.CHAIN_ORDERS[(i // 320) % 2]
         if n + (n // 2 if distractors is None else distractors) > names:
             distractors = 0
-        ex = tasks.make_example("lang", rng, n, hops=hops, distractors=distractors, chain_order=order, names=names)
+        uniform = i % 3 == 0 and hops <= n  # the test prompts of long chains (evaluate.py --uniform-hops)
+        ex = tasks.make_example("lang", rng, n, hops=hops, distractors=distractors, chain_order=order, names=names,
+                                uniform_hops=uniform)
         cases.append((n, hops, n // 2 if distractors is None else distractors, order, names, ex))
     return cases
 
@@ -468,6 +470,27 @@ def test_lang_resolution_and_features(lang_examples):
     assert max_hops_seen == {(h, o): h for h in range(1, 9) for o in tasks.CHAIN_ORDERS}, max_hops_seen
     # and every name of each pool is drawn
     assert {names: len(seen) for names, seen in names_seen.items()} == {16: 16, 24: 24, 48: 48}
+
+
+def test_uniform_hops_asks_for_every_chain_length_alike():
+    """uniform_hops keeps the prompt and asks, in every prompt, for the end of
+    its first chain, whose length is uniform in 1..hops: each hop count is
+    asked about in at least about 1/hops of the prompts, where random queries
+    rarely reach the longest chains."""
+    hops, n, num = 8, 12, 1600
+    asked = {False: [], True: []}
+    for seed in range(num):
+        for uniform in (False, True):
+            ex = tasks.make_example("lang", random.Random(seed), n, hops=hops, chain_order="reverse", names=24,
+                                    uniform_hops=uniform)
+            asked[uniform].append((ex.prompt, [f["hops"] for f in ex.features if f["kind"] == tasks.REFERENCE]))
+    assert [p for p, _ in asked[False]] == [p for p, _ in asked[True]]
+    for h in range(1, hops + 1):  # the first chain's, and sometimes another chain's of h hops
+        prompts = sum(h in refs for _, refs in asked[True])
+        assert prompts >= num / hops * 0.8, (h, prompts)
+    assert sum(hops in refs for _, refs in asked[False]) < num / hops / 2
+    with pytest.raises(ValueError, match="does not fit"):
+        tasks.make_example("lang", random.Random(0), 6, hops=8, uniform_hops=True)
 
 
 def test_lang_chain_orders_draw_the_same_bindings():
