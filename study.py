@@ -2,7 +2,7 @@
 The study in one command: the paper's three findings, on every regime, over
 several seeds, judged by written rules seed by seed, beside the paper's claims.
 
-    python study.py                      # dfs and the two lang-chase regimes, seeds 0-2
+    python study.py                      # dfs, the two lang-chase regimes and lang-longer, seeds 0-2
     python study.py --regimes dfs --seeds 0 --jobs 2
     python study.py --quick              # a tiny model, a few steps: proves the pipeline
     python study.py --report             # report.md again from results.json: trains nothing
@@ -76,6 +76,16 @@ REGIMES = {
     # follows the hops here is the paper's alignment "without explicit difficulty supervision"
     "lang-chase-nohints": dict(flags=chase("off"), steps=5000, sizes=(4, 8), ood_to=10,
                                ponder=0.03, feature="hops", fixed_depths=(1, 4), routers=("online",)),
+    # thinking longer (RESULTS.md): one hop per iteration through a discrete anchor, the state replaced
+    # by h0 and the previous exit's token (the true one in training), the prompt frozen after its
+    # first iteration, no step embedding, max_depth 6; prompts of up to 24 variables from lang's own
+    # 48 names, chains of at most 4 hops; tested on chains of 1..16 hops in prompts of 24 variables,
+    # every prompt asking for the end of one of them (evaluate.py --uniform-hops)
+    "lang-longer": dict(flags=chase("on") + ["--no-depth-embed", "--anchor", "--prompt-depth", "1",
+                                             "--anchor-forcing", "1", "--names", "48"],
+                        steps=5000, sizes=(4, 24), ood_to=32, ponder=0.03, feature="hops", max_depth=6,
+                        fixed_depths=(), routers=("online",),
+                        longer=dict(max_depth=20, hops=16, size=24, num=2000, uniform_hops=True)),
     # outside the study, for sweeps: train.py's defaults on the other tasks
     "lang-reverse": dict(flags=["--task", "lang", "--chain-order", "reverse"], steps=2000, sizes=(4, 8),
                          ood_to=10, ponder=0.01, feature="hops"),
@@ -84,7 +94,7 @@ REGIMES = {
     "lang": dict(flags=["--task", "lang"], steps=2000, sizes=(4, 8), ood_to=10, ponder=0.01, feature="hops"),
     "topo": dict(flags=["--task", "topo"], steps=2000, sizes=(4, 8), ood_to=10, ponder=0.01, feature="ready"),
 }
-STUDY = ("dfs", "lang-chase", "lang-chase-nohints")  # what `python study.py` runs
+STUDY = ("dfs", "lang-chase", "lang-chase-nohints", "lang-longer")  # what `python study.py` runs
 ROUTER_ORDER = ("none", "early", "online")
 
 
@@ -137,7 +147,7 @@ def write_report(out):
 def points(regime, args):
     """(router, max_depth, ponder) of every run of a regime and seed."""
     spec = REGIMES[regime]
-    D = 2 if args.quick else args.max_depth
+    D = max_depth(regime, args)
     ponders = args.ponders or [spec["ponder"]]
     depths = sorted({min(d, D) for d in spec.get("fixed_depths", range(1, D + 1))})
     return [("none", d, None) for d in depths] + \
@@ -161,12 +171,24 @@ def job_name(regime, seed, point):
 
 def regime_spec(regime, args):
     """The regime as these arguments run it (--sizes, --steps, --quick change it)."""
-    spec = dict(REGIMES[regime], max_depth=2 if args.quick else args.max_depth, dtype=args.dtype)
+    spec = dict(REGIMES[regime], max_depth=max_depth(regime, args), dtype=args.dtype)
     if args.sizes:
         spec["sizes"], spec["ood_to"] = args.sizes, args.ood_to
     if args.steps or args.quick:
         spec["steps"] = 6 if args.quick else args.steps
     return spec
+
+
+def max_depth(regime, args):
+    """The adaptive routers' max_depth: --max-depth, else the regime's, else 4."""
+    return 2 if args.quick else args.max_depth or REGIMES[regime].get("max_depth", 4)
+
+
+def regime_task(regime):
+    """(task, pool of names) of a regime's train.py flags."""
+    flags = REGIMES[regime]["flags"]
+    names = int(flags[flags.index("--names") + 1]) if "--names" in flags else tasks.N_LABELS
+    return flags[flags.index("--task") + 1], names
 
 
 def run_point(regime, seed, point, args, env):
@@ -236,7 +258,7 @@ def thinking_longer(run, router, longer, args, env):
         folder = os.path.join(run, f"longer-{mode}")
         flags = ["--depth", mode, "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
-                 "--device", args.device, "--out", folder]
+                 "--device", args.device, "--out", folder] + ["--uniform-hops"] * longer.get("uniform_hops", False)
         evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
         summary = analyze.read_json(os.path.join(folder, "summary.json"))
         out[mode] = {str(h["hops"]): {"reference_acc": h["reference_acc"], "mean_depth": h["mean_depth"],
@@ -254,7 +276,7 @@ def generation_speed(regime, args):
     of those depths cost. Measured once, then read back (measured again if
     the ponders changed). None with --finished if one of them is still training."""
     path = os.path.join(args.out, regime, "speed.json")
-    D = 2 if args.quick else args.max_depth
+    D = max_depth(regime, args)
     ponders = args.ponders or [REGIMES[regime]["ponder"]]
     ckpts = [os.path.join(args.out, regime, f"s{args.seeds[0]}", f"{router}-p{p:g}", "ckpt.pt")
              for router in REGIMES[regime].get("routers", ("early", "online")) for p in ponders]
@@ -381,7 +403,9 @@ RULES = [  # claim, the paper, the statistic per seed, the rule
      "**faster** / **slower**: the ratio above / below 1 at every batch size; **mixed** otherwise"),
     ("thinking longer", "(beyond the paper)", "references right with the online router deciding, on chains "
      "longer than any trained on; beside it the control (every token at the longest trained chain's depth)",
-     "**reached**: >= 0.9 at every such length in every seed; **not reached** otherwise"),
+     "**reached**: in every seed, >= 0.9 at every such length, the router's mean depth within 1 of the hops, "
+     "and references right with every token at 4x its hops within 0.02 of the oracle's (no overthinking); "
+     "**not reached** otherwise"),
 ]
 TRAINED_HOPS = train.DEFAULTS["hops"]  # the longest chain a lang run is trained on
 
@@ -480,13 +504,26 @@ def generation(model, seeds, fixed):
 
 
 def longer(seeds):
-    """Online halting on chains longer than trained, each length seed by seed, and the control."""
-    hops = sorted({h for r in seeds for h in r["longer"]["router"] if int(h) > TRAINED_HOPS}, key=int)
-    acc = {mode: {h: np.array([r["longer"][mode].get(h, {}).get("reference_acc", np.nan) for r in seeds],
-                              dtype=float) for h in hops} for mode in ("router", "control")}
-    measured = "; ".join(f"{h} hops {per_seed(acc['router'][h], 2)} (control {per_seed(acc['control'][h], 2)})"
-                         for h in hops)
-    reached = hops and all((np.nan_to_num(acc["router"][h]) >= 0.9).all() for h in hops)
+    """Online halting on chains longer than trained, seed by seed: references
+    right at twice the trained length and at the longest, the worst length,
+    how far the router's depth strays from the hops, 4x against the oracle."""
+    hops = sorted({int(h) for r in seeds for h in r["longer"]["router"] if int(h) > TRAINED_HOPS})
+    if not hops:
+        return "no chain longer than trained", "not reached"
+
+    def get(mode, key):  # (seeds, lengths)
+        return np.array([[r["longer"].get(mode, {}).get(str(h), {}).get(key, np.nan) for h in hops]
+                         for r in seeds], dtype=float)
+    acc, control, depth = get("router", "reference_acc"), get("control", "reference_acc"), get("router", "mean_depth")
+    astray = np.abs(depth - np.array(hops)).max(1)
+    overthinking = (get("hops", "reference_acc") - get("4x", "reference_acc")).max(1)
+    shown = sorted({h for h in (2 * TRAINED_HOPS, hops[-1]) if h in hops})
+    measured = "; ".join(f"{h} hops {per_seed(acc[:, hops.index(h)], 2)}" for h in shown)
+    measured += (f"; worst length {per_seed(acc.min(1), 2)} (control at most {per_seed(control.max(1), 2)}); "
+                 f"router depth off the hops by at most {per_seed(astray, 1)}; oracle minus 4x at most "
+                 f"{per_seed(overthinking, 2)}")
+    reached = (np.nan_to_num(acc.min(1)) >= 0.9).all() and (np.nan_to_num(astray, nan=99) <= 1).all() \
+        and (np.nan_to_num(overthinking, nan=1) <= 0.02).all()
     return measured, "reached" if reached else "not reached"
 
 
@@ -654,8 +691,9 @@ def section_longer(rows, spec, judged):
     longer = spec["longer"]
     L = ["### Thinking longer: chains longer than any trained on", "",
          f"Trained on chains of at most {TRAINED_HOPS} hops with max_depth as in its run; tested on "
-         f"{longer['size']} variables with chains of up to {longer['hops']} hops, max_depth raised to "
-         f"{longer['max_depth']} "
+         f"{longer['size']} variables with chains of up to {longer['hops']} hops"
+         + (" (every prompt asks for the end of one chain of 1..hops, `--uniform-hops`)" * longer.get("uniform_hops", 0))
+         + f", max_depth raised to {longer['max_depth']} "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
          "deciding, every token at max_depth, each reference at exactly its hops (the oracle) and, where "
          "measured, at 4x its hops (4x: an answer found should stay put), and the "
@@ -763,7 +801,8 @@ def write_plan(jobs, args, argv):
     cores: the report step measures it, `python study.py` with the same
     options, which then trains nothing."""
     jobs = longest_first(jobs)
-    common = ["--out", args.out, "--max-depth", str(args.max_depth), "--num", str(args.num), "--device", args.device]
+    common = ["--out", args.out, "--num", str(args.num), "--device", args.device]
+    common += ["--max-depth", str(args.max_depth)] if args.max_depth else []
     common += ["--quick"] * args.quick + (["--ponders", ",".join(f"{p:g}" for p in args.ponders)] if args.ponders else [])
     if args.sizes:
         common += ["--sizes", "-".join(map(str, args.sizes)), "--ood-to", str(args.ood_to)]
@@ -862,12 +901,15 @@ def parse_args(argv):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated train.py seeds")
     p.add_argument("--ponders", default=None,
                    help="comma-separated --ponder values of the routers (default: the regime's)")
-    p.add_argument("--max-depth", type=int, default=4)
+    p.add_argument("--max-depth", type=int, default=None,
+                   help="max_depth of the adaptive routers and the deepest fixed depth (default: the regime's, 4 "
+                        "but for lang-longer's 6)")
     p.add_argument("--sizes", default=None, help="training sizes, e.g. 4-12 (default: the regime's)")
     p.add_argument("--ood-to", type=int, default=None, help="with --sizes: test up to this size (default: two above)")
     p.add_argument("--steps", type=int, default=None, help="training steps of every run (default: the regime's)")
     p.add_argument("--num", type=int, default=None,
-                   help="evaluation examples per size (default 100, 3 with --quick; thinking longer: 300 prompts)")
+                   help="evaluation examples per size (default 100, 3 with --quick; thinking longer: the "
+                        "regime's, 300 or 2000 prompts)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once; the cores are split among them")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (every run)")
     p.add_argument("--dtype", default=None, choices=train.DTYPES,
@@ -893,17 +935,17 @@ def parse_args(argv):
     except ValueError:
         train.fail("--seeds takes integers like 0,1,2 and --ponders numbers like 0.002,0.03")
     args.num = (3 if args.quick else 100) if args.num is None else args.num
-    if min(args.jobs, args.max_depth, args.num, args.steps or 1) < 1 or (args.ponders and min(args.ponders) < 0):
+    if min(args.jobs, args.max_depth or 1, args.num, args.steps or 1) < 1 or (args.ponders and min(args.ponders) < 0):
         train.fail("--jobs, --max-depth, --num and --steps must be at least 1, --ponders not negative")
     if args.sizes:
-        regime_tasks = {REGIMES[r]["flags"][REGIMES[r]["flags"].index("--task") + 1] for r in args.regimes}
-        args.sizes = [train.parse_size_range(args.sizes, task) for task in regime_tasks][0]
-        args.ood_to = args.ood_to or min(args.sizes[1] + 2, *(tasks.max_size(task) for task in regime_tasks))
+        regime_tasks = {regime_task(r) for r in args.regimes}
+        args.sizes = [train.parse_size_range(args.sizes, task, names) for task, names in regime_tasks][0]
+        args.ood_to = args.ood_to or min(args.sizes[1] + 2, *(tasks.max_size(*t) for t in regime_tasks))
         try:
             if args.ood_to <= args.sizes[1]:
                 raise ValueError(f"must be above the training sizes {args.sizes[0]}-{args.sizes[1]}")
-            for task in regime_tasks:
-                tasks.check_size(task, args.ood_to)
+            for task, names in regime_tasks:
+                tasks.check_size(task, args.ood_to, names=names)
         except ValueError as e:
             train.fail(f"--ood-to {args.ood_to}: {e}")
     elif args.ood_to:

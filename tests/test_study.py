@@ -126,6 +126,21 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
                                                for h, n in counts.items()) in report
 
 
+def test_lang_longer_runs_its_own_depth_and_tests_every_length_alike(monkeypatch, tmp_path):
+    """The thinking-longer regime trains its router at its own max_depth (6) where
+    the others keep 4, and asks every test prompt for the end of one chain of
+    1..16 hops, in every mode of the thinking-longer evaluation."""
+    calls = []
+    monkeypatch.setattr(study, "evaluate_once", lambda ckpt, flags, log, env: calls.append(flags))
+    monkeypatch.setattr(study.analyze, "read_json", lambda path: {})
+    args = study.parse_args(["--regimes", "lang-longer,lang-chase", "--out", str(tmp_path)])
+    study.thinking_longer(str(tmp_path), "online", study.REGIMES["lang-longer"]["longer"], args, {})
+    assert len(calls) == 5 and all("--uniform-hops" in f and f[f.index("--hops") + 1] == "16" for f in calls)
+    assert study.points("lang-longer", args) == [("online", 6, 0.03)]
+    assert study.points("lang-chase", args)[-1] == ("online", 4, 0.03)
+    assert study.points("lang-chase", study.parse_args(["--max-depth", "5"]))[-1] == ("online", 5, 0.03)
+
+
 def test_curve_points_are_the_trade_off_with_its_spread():
     """One point per ponder with mean [min, max] over seeds, in order of depth,
     whichever order the runs come in."""
@@ -356,10 +371,18 @@ def test_generation_speed_equal_accuracy_depth_untimed():
         [("depth 2 not timed", "n/a")]
 
 
-@pytest.mark.parametrize("accuracies, verdict", [((0.9, 0.95, 1.0), "reached"), ((0.9, 0.95, 0.89), "not reached")])
-def test_thinking_longer_rule(accuracies, verdict):
-    def longer(acc):  # 4 hops (trained) at 0.5 is not judged; 5 hops at acc
-        return {mode: {"4": dict(reference_acc=0.5), "5": dict(reference_acc=acc)} for mode in ("router", "control")}
+@pytest.mark.parametrize("accuracies, depth, four_x, verdict", [
+    ((0.9, 0.95, 1.0), 5.0, 0.0, "reached"),
+    ((0.9, 0.95, 0.89), 5.0, 0.0, "not reached"),  # one seed under 0.9
+    ((0.9, 0.95, 1.0), 6.1, 0.0, "not reached"),  # the router runs more than one iteration past the hops
+    ((0.9, 0.95, 1.0), 3.9, 0.0, "not reached"),  # or stops more than one before them
+    ((0.9, 0.95, 1.0), 5.0, 0.03, "not reached"),  # 4x the hops loses 0.03 against the oracle: overthinking
+])
+def test_thinking_longer_rule(accuracies, depth, four_x, verdict):
+    def longer(acc):  # 4 hops (trained) at 0.5 is not judged; 5 hops at acc @ depth, the oracle at acc
+        at = {"4": dict(reference_acc=0.5, mean_depth=9.0), "5": dict(reference_acc=acc, mean_depth=depth)}
+        return {"router": at, "control": at, "hops": at,
+                "4x": {h: dict(x, reference_acc=x["reference_acc"] - four_x) for h, x in at.items()}}
     verdicts = judge([run("online-p0.01", s, longer=longer(a)) for s, a in enumerate(accuracies)], longer=True)
     assert verdicts["thinking longer", "online-p0.01"] == verdict
 
