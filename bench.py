@@ -171,7 +171,7 @@ def profile(args, run):
     for r in range(args.rounds + 2):  # two to warm up
         step = run.halt_warmup + r  # routing on, past the curriculum's small examples if any
         t = [time.perf_counter()]
-        idx, targets, prompt, exits = train.training_batch(max(step, run.curriculum), rng, run, device)[:4]
+        idx, targets, prompt, exits = train.training_batch(max(step, run.curriculum), rng, run, device)
         t.append(time.perf_counter())
         clock.clear()
         with train.autocast(device, run.dtype):

@@ -143,7 +143,7 @@ class ANIRA(nn.Module):
         #  pass 0.5 only at the last depth, so it too starts at full depth)
 
     def forward(self, idx, adaptive=None, route=True, counterfactual=False, cache=None, forced_depth=None,
-                outputs=None, iterations=None, anchors=None):
+                outputs=None, anchors=None):
         """Run the model on token ids idx (B, T); returns an Output.
 
         adaptive  (B, T) bool: the tokens whose depth the router decides (the
@@ -166,10 +166,7 @@ class ANIRA(nn.Module):
                   attention and MLP (on lang, whose prompt has no loss, two
                   thirds of the tokens): their logits and last exit are
                   those of the iteration before, which nothing reads.
-        iterations  with counterfactual: run this many iterations instead of
-                  max_depth, the last stopping every token (train.py
-                  --random-depth).
-        anchors   (B, T, iterations) token ids, with anchor and counterfactual:
+        anchors   (B, T, max_depth) token ids, with anchor and counterfactual:
                   the token whose embedding iteration k+1's input takes in
                   place of exit k's prediction, -1 to keep the prediction
                   (train.py --anchor-forcing feeds the true hops).
@@ -181,7 +178,7 @@ class ANIRA(nn.Module):
         h0 = embedded
         for i, block in enumerate(self.prelude):
             h0 = block(h0, pos, cache and cache.layer(i))
-        halting = Halting(self, embedded, h0, adaptive, route, cache, forced_depth, iterations)
+        halting = Halting(self, embedded, h0, adaptive, route, cache, forced_depth)
         visible, depth, exits = self.recur(h0, halting, pos, cache, counterfactual, outputs, anchors)
         return Output(logits=self.head(self.norm(visible)), depth=depth, exit_logits=exits or None,
                       log_p_depth=halting.log_p_depth() if counterfactual else None)
@@ -210,7 +207,7 @@ class ANIRA(nn.Module):
         depth = torch.zeros_like(running, dtype=torch.long)
         skip = None if counterfactual else Skipping()
         exits = []
-        for k in range(halting.iterations):
+        for k in range(cfg.max_depth):
             block = self.core[0 if cfg.share else k]
             layer = cache and cache.layer(cfg.n_prelude + k)
             if skip is not None and skip.rows is not None:  # only the running tokens compute
@@ -222,7 +219,7 @@ class ANIRA(nn.Module):
                 given = anchors[..., k - 1] if anchors is not None and k > 0 else None
                 x = self.iteration_input(state, h0, k, given)
                 kv = block.keys_values(torch.where(running[..., None], x, visible)) if counterfactual else None
-                if outputs is not None and k == halting.iterations - 1:  # the last: only the outputs the loss reads
+                if outputs is not None and k == cfg.max_depth - 1:  # the last: only the outputs the loss reads
                     state = last_iteration(block, x, state, kv, pos, outputs)
                 else:
                     state = block(x, pos, layer, kv)
@@ -454,13 +451,8 @@ class Halting:
     distribution is float32 on any device (CPU autocast would keep
     log_softmax and cumsum in bf16; CUDA's does not)."""
 
-    def __init__(self, model, embedded, h0, adaptive, route=True, cache=None, forced_depth=None, iterations=None):
+    def __init__(self, model, embedded, h0, adaptive, route=True, cache=None, forced_depth=None):
         self.model, self.cfg, self.forced = model, model.cfg, forced_depth
-        self.iterations = iterations or self.cfg.max_depth  # the last one stops every token
-        if not 1 <= self.iterations <= self.cfg.max_depth:
-            raise ValueError(f"iterations {iterations} is outside 1..max_depth ({self.cfg.max_depth})")
-        if self.iterations != self.cfg.max_depth and self.cfg.router == "early":
-            raise ValueError("ANIRA-E's distribution is over max_depth depths: it cannot run fewer iterations")
         self.adaptive = adaptive
         self.decides = adaptive & (route and self.cfg.router != "none")
         self.halt_logits = []  # online: a_k, with h_k = sigmoid(a_k)
@@ -472,7 +464,7 @@ class Halting:
     def can_stop(self, k):
         """Whether a token may stop after iteration k (the last stops every token)."""
         decided = self.cfg.router != "none" or self.forced is not None or self.cfg.prompt_depth
-        return decided and k < self.iterations - 1
+        return decided and k < self.cfg.max_depth - 1
 
     def stops_after(self, k, state, rows=None):
         """(B, T) bool: the tokens that stop after iteration k: the prompt at
@@ -497,7 +489,7 @@ class Halting:
         return self.decides & stop
 
     def log_p_depth(self):
-        """(B, T, iterations) log p(d); None for router none and the oracle."""
+        """(B, T, max_depth) log p(d); None for router none and the oracle."""
         if self.forced is not None:
             return None
         if self.cfg.router == "early":

@@ -37,7 +37,7 @@ DEFAULTS = dict(
     task="dfs", router="online", sizes="4-8", chain_order="forward", hints=False, hops=4, names=tasks.N_LABELS,
     d_model=128, n_heads=4, n_prelude=1, max_depth=4, share=True, early_input="prelude", reinject=False,
     token_shift=2, depth_embed=True, norm_state=False, anchor=False, prompt_depth=0, anchor_forcing=0.0,
-    ponder=0.002, halt_warmup=500, curriculum=0, random_depth=0, prompt_loss=None,
+    ponder=0.002, halt_warmup=500, curriculum=0, prompt_loss=None,
     batch_size=64, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, grad_clip=1.0,
     max_iters=3000, max_minutes=0, eval_every=250, eval_num=256,
     seed=0, device="auto", dtype=None, out=None, resume=False,  # dtype None: by device, see default_dtype
@@ -154,34 +154,31 @@ def model_config(args):
 
 
 # A training batch: ids, next-token targets (-1: no loss), the prompt's targets
-# (--prompt-loss) and each exit's (--hints) or None, and the iterations it runs.
-Batch = namedtuple("Batch", "idx targets prompt exits iterations")
+# (--prompt-loss) and each exit's (--hints) or None.
+Batch = namedtuple("Batch", "idx targets prompt exits")
 
 
 def training_batch(step, rng, args, device):
-    """This step's fresh examples as a Batch of tensors. Its iterations are
-    max_depth, or with --random-depth drawn from random_depth..max_depth."""
-    iterations = rng.randint(args.random_depth, args.max_depth) if args.random_depth else args.max_depth
+    """This step's fresh examples as a Batch of tensors."""
     batch = tasks.sample_examples(args.task, rng, size_range_for_step(step, rng, args), args.batch_size,
                                   **task_params(vars(args)))
     idx, targets = tasks.make_batch(batch)[:2]
     prompt = tasks.prompt_targets(idx, targets) if args.prompt_loss else None
-    exits = tasks.exit_targets(batch, targets, iterations) if args.hints else None
-    return Batch(*(None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)),
-                 iterations)
+    exits = tasks.exit_targets(batch, targets, args.max_depth) if args.hints else None
+    return Batch(*(None if a is None else torch.from_numpy(a).to(device) for a in (idx, targets, prompt, exits)))
 
 
 def forward_and_loss(model, batch, args, route=True):
     """The training forward of a Batch and its loss, model.loss: every exit
     computed (counterfactual), routing on or not."""
-    idx, targets, prompt, exits, iterations = batch
+    idx, targets, prompt, exits = batch
     out = model(idx, adaptive=targets != -1, route=route, counterfactual=True, outputs=read_by_loss(targets, prompt),
-                iterations=iterations, anchors=forced_anchors(exits, args.anchor_forcing))
+                anchors=forced_anchors(exits, args.anchor_forcing))
     return model.loss(out, targets, args.ponder, prompt, exits)
 
 
 def forced_anchors(exits, fraction):
-    """--anchor-forcing: teacher forcing of the anchor. The (B, T, iterations)
+    """--anchor-forcing: teacher forcing of the anchor. The (B, T, max_depth)
     tokens whose embeddings the iterations after each exit take: its hint
     target (the true hop) for a random `fraction` of them, -1 (the model's own
     prediction) for the rest; None when fraction is 0. From its own prediction
@@ -486,9 +483,6 @@ def parse_args(argv):
                    help="steps at full depth before halting is switched on")
     p.add_argument("--curriculum", type=int, default=d["curriculum"],
                    help="steps over which the largest training size grows to the top of --sizes (0: none)")
-    p.add_argument("--random-depth", type=int, default=d["random_depth"],
-                   help="thinking longer: each batch runs a number of iterations drawn from this..--max-depth "
-                        "(0: always --max-depth), so that no iteration count is the last one ever trained")
     p.add_argument("--prompt-loss", choices=("on", "off"), default=d["prompt_loss"],
                    help="also predict the prompt's tokens (default: on for dfs and topo, "
                         "off for lang, whose prompt is random: tasks.PROMPT_LOSS)")
@@ -535,10 +529,6 @@ def parse_args(argv):
         fail("--anchor replaces the state: it cannot be combined with --reinject or --norm-state")
     if not 0 <= args.anchor_forcing <= 1:
         fail("--anchor-forcing is a fraction: 0..1")
-    if not 0 <= args.random_depth <= args.max_depth:
-        fail(f"--random-depth must be 0..--max-depth ({args.max_depth})")
-    if args.random_depth and args.router == "early":
-        fail("--random-depth: ANIRA-E's distribution is over a fixed set of depths; use router online or none")
     if not 0 <= args.prompt_depth <= args.max_depth:
         fail(f"--prompt-depth must be 0..--max-depth ({args.max_depth})")
     if args.early_input not in EARLY_INPUTS:

@@ -286,28 +286,6 @@ def test_anchor_forcing_feeds_the_given_tokens_in_training():
         assert torch.allclose(calls[k]["x"], h0 + m.embed(token), atol=EXACT), k
 
 
-@pytest.mark.parametrize("router", ["none", "online"])
-def test_fewer_iterations_are_the_first_ones(router):
-    """A training forward of j < max_depth iterations (train.py --random-depth)
-    is the first j of the full one: the same exits and halts before j, and a
-    halting distribution over 1..j whose last depth takes the rest."""
-    D, j = 5, 3
-    m = perturb(make(router, D=D, seed=6, depth_embed=False)).train()
-    idx = torch.randint(0, V, (3, 14))
-    full = m(idx, counterfactual=True)
-    short = m(idx, counterfactual=True, iterations=j)
-    assert len(short.exit_logits) == j and (short.depth <= j).all() and (short.depth == j).any()
-    for k in range(j):
-        assert torch.allclose(short.exit_logits[k], full.exit_logits[k], atol=EXACT)
-    assert torch.equal(short.depth, full.depth.clamp(max=j))
-    if router == "online":
-        assert (full.depth < j).any() and short.log_p_depth.shape[-1] == j
-        assert torch.allclose(short.log_p_depth[..., :j - 1], full.log_p_depth[..., :j - 1], atol=EXACT)
-        assert torch.allclose(short.log_p_depth.exp().sum(-1), torch.ones(3, 14), atol=EXACT)
-    with pytest.raises(ValueError, match="iterations"):
-        m(idx, counterfactual=True, iterations=D + 1)
-
-
 @pytest.mark.parametrize("router", ["early", "online"])
 def test_halted_tokens_are_frozen_eval(router):
     """Inference: a token halted after iteration d is not computed again; its

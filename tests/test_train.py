@@ -137,7 +137,7 @@ def test_the_training_step_skips_only_what_no_loss_reads(flags):
     try:
         args = train.parse_args([*flags, "--d-model", "32", "--n-heads", "2", "--batch-size", "6", "--max-depth", "3"])
         batch = train.training_batch(0, random.Random(0), args, "cpu")
-        idx, targets, prompt, exits = batch[:4]
+        idx, targets, prompt, exits = batch
         read = train.read_by_loss(targets, prompt)
         assert (prompt is not None) == (args.task == "dfs") and 0 < int(read.sum()) < idx.numel()
         torch.manual_seed(0)
@@ -333,7 +333,7 @@ def test_curriculum_grows_the_largest_size(tmp_path):
 def test_hops_sets_the_longest_chain_of_lang():
     args = train.parse_args(["--task", "lang", "--chain-order", "reverse", "--hints", "on", "--hops", "2"])
     rng = random.Random(0)
-    _, targets, prompt, exits = train.training_batch(0, rng, args, torch.device("cpu"))[:4]
+    _, targets, prompt, exits = train.training_batch(0, rng, args, torch.device("cpu"))
     assert prompt is None and exits.shape == (*targets.shape, args.max_depth)
     chased = (exits != targets[..., None]).sum(-1)  # exits that name a variable, not the answer
     assert int(chased.max()) == 1  # chains of at most 2 hops: one variable, then the value
@@ -389,28 +389,6 @@ def test_anchor_forcing_feeds_the_true_hops_to_the_training_forward():
     assert torch.allclose(loss, model.loss(out, targets, args.ponder, None, batch.exits)[0])
     args.anchor_forcing = 0
     assert not torch.allclose(loss, train.forward_and_loss(model, batch, args)[0])
-
-
-def test_random_depth_draws_every_iteration_count_in_its_range():
-    """--random-depth: each batch runs lo..max_depth iterations, every count
-    drawn, and its hint targets have one exit per iteration, the last the answer."""
-    args = train.parse_args(["--task", "lang", "--hints", "on", "--max-depth", "6", "--random-depth", "3",
-                             "--batch-size", "4"])
-    rng, seen = random.Random(0), set()
-    for step in range(60):
-        batch = train.training_batch(step, rng, args, torch.device("cpu"))
-        assert batch.exits.shape == (*batch.targets.shape, batch.iterations)
-        assert torch.equal(batch.exits[..., -1], batch.targets)
-        seen.add(batch.iterations)
-    assert seen == {3, 4, 5, 6}
-    fixed = train.parse_args(["--task", "lang", "--max-depth", "6"])
-    assert train.training_batch(0, random.Random(0), fixed, "cpu").iterations == 6
-    model = ANIRA(train.model_config(args))
-    loss, _ = train.forward_and_loss(model, batch, args)
-    assert loss.isfinite()
-    for bad in (["--max-depth", "4", "--random-depth", "5"], ["--router", "early", "--random-depth", "2"]):
-        with pytest.raises(SystemExit):
-            train.parse_args(bad)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, capsys):
