@@ -140,6 +140,8 @@ def write_report(out):
     """report.md and the figures from results.json alone."""
     results = read_results(out) or train.fail(f"{out}/results.json: not found; run the study first")
     figures = [f for regime in results["regimes"] if (f := plot_curve(results["runs"], regime, out))]
+    figures += [f for regime, spec in results["regimes"].items()
+                if "longer" in spec and (f := plot_longer(results["aggregates"], regime, out))]
     analyze.write(Path(out) / "report.md", report(results, figures))
     print(f"wrote {out}/report.md" + (f" and {len(figures)} figure(s)" if figures else ""))
 
@@ -604,6 +606,8 @@ def report(results, figures):
         L += section_extrapolation(rows, judged)
         if "longer" in spec:
             L += section_longer(rows, spec, judged)
+            L += [f"![{regime}: thinking longer]({os.path.basename(f)})" for f in figures
+                  if f.endswith(f"longer-{regime}.png")] + [""]
         L += section_speed(results["speed"].get(regime), rows, judged)
     return "\n".join(L + section_cost(results["runs"], aggs)) + "\n"
 
@@ -773,6 +777,49 @@ def plot_curve(rows, regime, out):
     ax.legend()
     fig.tight_layout()
     path = os.path.join(out, f"curve-{regime}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_longer(aggs, regime, out):
+    """Thinking longer, the online router's runs: references right against
+    hops for the router, the oracle, 4x the hops and the control (mean over
+    seeds, [min, max] shaded), and the router's mean depth against the hops,
+    the hops trained on shaded grey; None without matplotlib or such runs."""
+    runs = [a for a in aggs if a["regime"] == regime and a["router"] == "online" and a.get("longer")]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for a in runs:
+        for mode, colour in (("router", "r"), ("hops", "k"), ("4x", "b"), ("control", "grey")):
+            by = a["longer"].get(mode)
+            if not by:  # a mode not measured (4x, in runs from before it was)
+                continue
+            hops = sorted(by, key=int)
+            acc = [by[h]["reference_acc"] for h in hops]
+            x = [int(h) for h in hops]
+            label = f"{a['run']} {'oracle' if mode == 'hops' else mode}"
+            axes[0].plot(x, [v["mean"] for v in acc], "o-", ms=3, color=colour, label=label)
+            axes[0].fill_between(x, [v["min"] for v in acc], [v["max"] for v in acc], color=colour, alpha=0.15)
+            if mode == "router":
+                axes[1].plot(x, [by[h]["mean_depth"]["mean"] for h in hops], "o-", ms=3, color=colour, label=label)
+                axes[1].plot(x, x, ":", color="k", lw=1, label="depth = hops")
+    axes[0].set_ylim(-0.02, 1.02)
+    for ax, ylabel in zip(axes, ("references right", "mean depth (iterations)")):
+        ax.axvspan(0.5, TRAINED_HOPS + 0.5, color="grey", alpha=0.15, lw=0)
+        ax.set(xlabel="hops", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_title(f"{regime}: mean over seeds, [min, max] shaded; grey: the hops trained on", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, f"longer-{regime}.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -430,9 +430,9 @@ def test_readme_carries_the_findings_of_the_committed_study():
     assert readme[start:start + len(rows)] == rows
     # and the committed report is the one results.json gives
     with open(os.path.join(REPO, "study", "report.md")) as f:
-        assert f.read() == study.report(results, [os.path.join("study", f"curve-{r}.png")
-                                                  for r in results["regimes"]
-                                                  if os.path.isfile(os.path.join(REPO, "study", f"curve-{r}.png"))])
+        assert f.read() == study.report(results, [os.path.join("study", f"{figure}-{r}.png")
+                                                  for figure in ("curve", "longer") for r in results["regimes"]
+                                                  if os.path.isfile(os.path.join(REPO, "study", f"{figure}-{r}.png"))])
 
 
 def test_the_plan_runs_anywhere_and_the_report_trains_nothing(tmp_path):
