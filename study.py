@@ -258,7 +258,8 @@ def thinking_longer(run, router, longer, args, env):
         if mode == "router" and router != "online":  # none's router is max; ANIRA-E cannot
             continue
         folder = os.path.join(run, f"longer-{mode}")
-        flags = ["--depth", mode, "--max-depth", str(longer["max_depth"]), "--hops", str(longer["hops"]),
+        depth = 4 * longer["hops"] if mode == "4x" else longer["max_depth"]  # 4x: every reference, all of it
+        flags = ["--depth", mode, "--max-depth", str(depth), "--hops", str(longer["hops"]),
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
                  "--device", args.device, "--out", folder] + ["--uniform-hops"] * longer.get("uniform_hops", False)
         evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
@@ -697,7 +698,7 @@ def section_longer(rows, spec, judged):
          f"Trained on chains of at most {TRAINED_HOPS} hops with max_depth as in its run; tested on "
          f"{longer['size']} variables with chains of up to {longer['hops']} hops"
          + (" (every prompt asks for the end of one chain of 1..hops, `--uniform-hops`)" * longer.get("uniform_hops", 0))
-         + f", max_depth raised to {longer['max_depth']} "
+         + f", max_depth raised to {longer['max_depth']} ({4 * longer['hops']} for 4x) "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
          "deciding, every token at max_depth, each reference at exactly its hops (the oracle) and, where "
          "measured, at 4x its hops (4x: an answer found should stay put), and the "
