@@ -90,7 +90,9 @@ class ModelConfig:
     early_input: str = "prelude"  # prelude | embeddings | prompt (router early only)
     depth_embed: bool = True  # add a learned embedding of the iteration k before each iteration
     norm_state: bool = False  # LayerNorm the state before each iteration: its scale stops growing with k
-    anchor: bool = False     # discrete anchoring: x_k = h0 + embedding of exit k-1's token (see recur)
+    anchor: bool = False     # discrete anchoring: x_k = h0 + embedding of exit k-1's token (see recur);
+    #                          learned with train.py --anchor-forcing, the step that chases 16 hops after
+    #                          training on 4 (RESULTS.md "Thinking longer")
     prompt_depth: int = 0    # iterations every prompt token runs (0: max_depth, as routers leave it)
 
 

@@ -183,7 +183,9 @@ def forced_anchors(exits, fraction):
     target (the true hop) for a random `fraction` of them, -1 (the model's own
     prediction) for the rest; None when fraction is 0. From its own prediction
     hop k learns only once hops 1..k-1 are right; from the true one every hop
-    learns from the start."""
+    learns from the start (measured at 24 names, 4-12 variables: held-out
+    exact-match 0.95 / 0.69 at step 1000 against 0.26 / 0.34 without, seeds
+    0 / 2; RESULTS.md "Thinking longer")."""
     if not fraction:
         return None
     forced = torch.rand(exits.shape, device=exits.device) < fraction
