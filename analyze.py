@@ -468,11 +468,8 @@ def comparison(runs, labels):
 
 def plots(runs, labels, outdir):
     """Mean depth against each key feature, and exact match / depth against size."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return ["Plots skipped: matplotlib is not installed.", ""]
     outdir.mkdir(parents=True, exist_ok=True)
     features = list(dict.fromkeys(f for _, r in runs for f in r["depth_by_feature"]))
@@ -514,6 +511,17 @@ def plots(runs, labels, outdir):
         plot_hops(plt, runs, labels, outdir / "hops.png")
         lines += ["![reference accuracy and mean depth against hops](hops.png)", ""]
     return lines
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files, or None: matplotlib is optional."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def plot_hops(plt, runs, labels, path):

@@ -749,11 +749,8 @@ def plot_curve(rows, regime, out):
     """Exact-match against mean depth: each seed (dots), the mean over seeds
     with its [min, max] (bars), fixed depths joined by a line and each
     router's ponders by another; None without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = analyze.pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for router, marker, colour in (("none", "o", "k"), ("early", "s", "b"), ("online", "^", "r")):
@@ -789,13 +786,8 @@ def plot_longer(aggs, regime, out):
     seeds, [min, max] shaded), and the router's mean depth against the hops,
     the hops trained on shaded grey; None without matplotlib or such runs."""
     runs = [a for a in aggs if a["regime"] == regime and a["router"] == "online" and a.get("longer")]
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not runs:
+    plt = analyze.pyplot()
+    if plt is None or not runs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for a in runs:
