@@ -29,7 +29,9 @@ max_depth; each reference to its number of hops), to tell a failing step
 from a failing halting decision. summary.json then also has, on lang,
 reference accuracy and mean depth by hops ("by_hops"); --uniform-hops asks
 every prompt for the end of a chain of 1..--hops hops, so that the longest
-chains are tested as often as the short ones.
+chains are tested as often as the short ones. --halt-when-converged keeps
+the online router but halts a token only once its exit repeats the previous
+iteration's token: one more iteration, a halt that waits for a fixed point.
 Examples come from a seed distinct from training and from train.py's held-out set.
 """
 import argparse
@@ -53,7 +55,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
-    model = load_model(ckpt, args.max_depth, args.depth).to(device)
+    model = load_model(ckpt, args.max_depth, args.depth, args.halt_when_converged).to(device)
     config = ckpt["config"]
     dtype = args.dtype or config["dtype"]
     task, router, train_sizes = config["task"], config["router"], tuple(config["size_range"])
@@ -77,7 +79,8 @@ def main(argv=None):
         fail(f"--out {out_dir}: the folder is not writable")
     print(f"{task} / router {router}, trained on sizes {train_sizes[0]}-{train_sizes[1]} with max_depth "
           f"{ckpt['model_config']['max_depth']}, step {ckpt['step']}; {args.num} examples per size; "
-          f"max_depth {model.cfg.max_depth}, depth: {DEPTHS[args.depth]}; {dtype}")
+          f"max_depth {model.cfg.max_depth}, depth: {DEPTHS[args.depth]}"
+          f"{' once its exit repeats' * args.halt_when_converged}; {dtype}")
 
     if args.show:
         show_examples(model, task, random.Random(args.seed + 1), sizes, args.show, device, params, dtype)
@@ -239,7 +242,7 @@ DEPTHS = {  # --depth: who decides each answer token's number of iterations
 }
 
 
-def load_model(ckpt, max_depth=None, depth="router"):
+def load_model(ckpt, max_depth=None, depth="router", halt_when_converged=False):
     """The checkpoint's model in evaluation mode, run with `max_depth`
     iterations at most (default: as trained). A shared block can iterate more
     than it was trained to: the embeddings of the iterations past the trained
@@ -247,8 +250,13 @@ def load_model(ckpt, max_depth=None, depth="router"):
     halting unit reads the state, so it can halt at any depth; ANIRA-E's MLP
     gives a distribution over the depths it was trained with and cannot choose
     another. Under an oracle depth (--depth max or hops) the router is not
-    used, and the model runs as router none."""
+    used, and the model runs as router none. halt_when_converged: ANIRA-O
+    halts a token only once its exit repeats (ModelConfig)."""
     cfg = ModelConfig(**ckpt["model_config"])
+    if halt_when_converged:
+        if cfg.router != "online" or depth != "router":
+            fail("--halt-when-converged is a rule for the online router's halting (--depth router)")
+        cfg.halt_when_converged = True
     state = dict(ckpt["model"])
     trained = cfg.max_depth
     if depth != "router":
@@ -344,6 +352,9 @@ def parse_args(argv):
     p.add_argument("--uniform-hops", action="store_true",
                    help="lang: every prompt asks for the end of a chain of 1..--hops hops, so every hop "
                         "count has about --num / --hops references (random prompts have few long chains)")
+    p.add_argument("--halt-when-converged", action="store_true",
+                   help="online router: a token halts only once its exit names the token the previous "
+                        "iteration's did (the answer has stopped changing)")
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--show", type=int, default=0, help="print K generated examples with depths")

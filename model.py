@@ -94,6 +94,10 @@ class ModelConfig:
     #                          learned with train.py --anchor-forcing, the step that chases 16 hops after
     #                          training on 4 (RESULTS.md "Thinking longer")
     prompt_depth: int = 0    # iterations every prompt token runs (0: max_depth, as routers leave it)
+    halt_when_converged: bool = False  # ANIRA-O halts a token only once its exit names the token the previous
+    #                          iteration's did: the answer has stopped changing (Deep Thinking's fixed point).
+    #                          Set at test (evaluate.py --halt-when-converged); one more iteration per token
+    #                          buys the router's early halts on long chases back (RESULTS.md "Thinking longer")
 
 
 @dataclass
@@ -117,6 +121,8 @@ class ANIRA(nn.Module):
         if cfg.anchor and (cfg.reinject or cfg.norm_state):
             raise ValueError("anchor replaces the state by h0 and a token: there is no state to reinject into "
                              "or to normalize")
+        if cfg.halt_when_converged and cfg.router != "online":
+            raise ValueError("halt_when_converged is a rule for ANIRA-O's halting (router online)")
         if not 0 <= cfg.prompt_depth <= cfg.max_depth:
             raise ValueError(f"prompt_depth {cfg.prompt_depth} is outside 0..max_depth ({cfg.max_depth})")
         self.cfg = cfg
@@ -442,7 +448,9 @@ class Halting:
       none    never: every token runs max_depth
       early   ANIRA-E: p = softmax(MLP(h0)) over depths 1..max_depth, fixed
               before the first iteration; h_k = p(k) / sum_{j>=k} p(j)
-      online  ANIRA-O: h_k = sigmoid(MLP(s_k)), from the state after iteration k
+      online  ANIRA-O: h_k = sigmoid(MLP(s_k)), from the state after iteration k;
+              with halt_when_converged only once exit k names the token
+              exit k-1 named (never after the first iteration)
     Both routers read detached representations, so halting never shapes them.
     It keeps the halting distribution log p(d) that `loss` trains. With
     forced_depth (an oracle, for evaluation) token i stops after exactly
@@ -458,6 +466,7 @@ class Halting:
         self.adaptive = adaptive
         self.decides = adaptive & (route and self.cfg.router != "none")
         self.halt_logits = []  # online: a_k, with h_k = sigmoid(a_k)
+        self.previous = None   # halt_when_converged: (B * T,) the token each one's last exit named
         if self.cfg.router == "early":  # all hazards fixed before the recurrence
             logits = model.router(model.early_router_input(embedded, h0, adaptive, cache).detach())
             self.log_p = F.log_softmax(logits.to(h0.dtype), -1)
@@ -486,9 +495,22 @@ class Halting:
             return self.decides & self.early_stops[..., k]
         self.halt_logits.append(self.model.router(state.detach()).squeeze(-1).to(state.dtype))
         stop = torch.sigmoid(self.halt_logits[-1]) > self.cfg.halt_threshold
+        if self.cfg.halt_when_converged:
+            stop = stop & self.answer_repeats(state, rows)
         if rows is not None:  # the running tokens' decisions in their places
             stop = stop.new_zeros(self.decides.numel()).index_copy_(0, rows, stop).view_as(self.decides)
         return self.decides & stop
+
+    def answer_repeats(self, state, rows=None):
+        """Whether each token's exit after this iteration names the token its
+        exit after the previous one did (False at the first), shaped as state[..., 0]."""
+        token = self.model.head(self.model.norm(state)).argmax(-1)
+        if self.previous is None:
+            self.previous = torch.full((self.decides.numel(),), -1, dtype=torch.long, device=token.device)
+        at = slice(None) if rows is None else rows
+        same = token.view(-1) == self.previous[at]
+        self.previous[at] = token.view(-1)
+        return same.view(token.shape)
 
     def log_p_depth(self):
         """(B, T, max_depth) log p(d); None for router none and the oracle."""

@@ -247,19 +247,21 @@ def train_unless_finished(run, flags, steps, env):
 def thinking_longer(run, router, longer, args, env):
     """References right and mean depth by hops on chains longer than any
     trained on, with max_depth raised at test time: the router deciding
-    (online only: ANIRA-E cannot choose a depth it never had), every token at
+    (online only: ANIRA-E cannot choose a depth it never had), and once
+    more halting a token only once its exit repeats ("converged"), every token at
     max_depth, each reference at exactly its hops (evaluate.py --depth), and
     at 4x its hops (does the answer stay put?); and the control, every token
     at the longest trained chain's hops: a longer chain resolved there was
     not chased hop by hop, so only what the others add over it is thinking
     longer. Also the per-step accuracy p at the oracle depth (evaluate.py)."""
     out = {}
-    for mode in ("router", "max", "hops", "4x", "control"):
-        if mode == "router" and router != "online":  # none's router is max; ANIRA-E cannot
+    for mode in ("router", "converged", "max", "hops", "4x", "control"):
+        if mode in ("router", "converged") and router != "online":  # none's router is max; ANIRA-E cannot
             continue
         folder = os.path.join(run, f"longer-{mode}")
         depth = 4 * longer["hops"] if mode == "4x" else longer["max_depth"]  # 4x: every reference, all of it
-        flags = ["--depth", mode, "--max-depth", str(depth), "--hops", str(longer["hops"]),
+        rule = ["--depth", "router", "--halt-when-converged"] if mode == "converged" else ["--depth", mode]
+        flags = rule + ["--max-depth", str(depth), "--hops", str(longer["hops"]),
                  "--sizes", str(longer["size"]), "--num", str(args.num if args.quick else longer["num"]),
                  "--device", args.device, "--out", folder] + ["--uniform-hops"] * longer.get("uniform_hops", False)
         evaluate_once(os.path.join(run, "ckpt.pt"), flags, folder + ".log", env)
@@ -509,7 +511,8 @@ def generation(model, seeds, fixed):
 def longer(seeds):
     """Online halting on chains longer than trained, seed by seed: references
     right at twice the trained length and at the longest, the worst length,
-    how far the router's depth strays from the hops, 4x against the oracle."""
+    how far the router's depth strays from the hops, 4x against the oracle;
+    where measured, the worst length halting once converged (not judged)."""
     hops = sorted({int(h) for r in seeds for h in r["longer"]["router"] if int(h) > TRAINED_HOPS})
     if not hops:
         return "no chain longer than trained", "not reached"
@@ -525,6 +528,10 @@ def longer(seeds):
     measured += (f"; worst length {per_seed(acc.min(1), 2)} (control at most {per_seed(control.max(1), 2)}); "
                  f"router depth off the hops by at most {per_seed(astray, 1)}; oracle minus 4x at most "
                  f"{per_seed(overthinking, 2)}")
+    if any("converged" in r["longer"] for r in seeds):  # the same router, halting only once its exit repeats
+        measured += (f"; halting once converged: worst length {per_seed(get('converged', 'reference_acc').min(1), 2)}"
+                     f", at most {per_seed((get('converged', 'mean_depth') - np.array(hops)).max(1), 1)} "
+                     "iterations past the hops")
     reached = (np.nan_to_num(acc.min(1)) >= 0.9).all() and (np.nan_to_num(astray, nan=99) <= 1).all() \
         and (np.nan_to_num(overthinking, nan=1) <= 0.02).all()
     return measured, "reached" if reached else "not reached"
@@ -700,7 +707,8 @@ def section_longer(rows, spec, judged):
          + (" (every prompt asks for the end of one chain of 1..hops, `--uniform-hops`)" * longer.get("uniform_hops", 0))
          + f", max_depth raised to {longer['max_depth']} ({4 * longer['hops']} for 4x) "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
-         "deciding, every token at max_depth, each reference at exactly its hops (the oracle) and, where "
+         "deciding, where measured the router halting a token only once its exit repeats the previous "
+         "iteration's token (converged, `--halt-when-converged`), every token at max_depth, each reference at exactly its hops (the oracle) and, where "
          "measured, at 4x its hops (4x: an answer found should stay put), and the "
          f"control: every token at {TRAINED_HOPS} iterations, the longest chain trained on. A longer "
          "chain resolved in the control was not chased hop by hop, but read off the prompt another way: "
@@ -782,8 +790,9 @@ def plot_curve(rows, regime, out):
 
 def plot_longer(aggs, regime, out):
     """Thinking longer, the online router's runs: references right against
-    hops for the router, the oracle, 4x the hops and the control (mean over
-    seeds, [min, max] shaded), and the router's mean depth against the hops,
+    hops for the router (and, where measured, halting once converged), the
+    oracle, 4x the hops and the control (mean over seeds, [min, max] shaded),
+    and the routers' mean depth against the hops,
     the hops trained on shaded grey; None without matplotlib or such runs."""
     runs = [a for a in aggs if a["regime"] == regime and a["router"] == "online" and a.get("longer")]
     plt = analyze.pyplot()
@@ -791,7 +800,7 @@ def plot_longer(aggs, regime, out):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for a in runs:
-        for mode, colour in (("router", "r"), ("hops", "k"), ("4x", "b"), ("control", "grey")):
+        for mode, colour in (("router", "r"), ("converged", "m"), ("hops", "k"), ("4x", "b"), ("control", "grey")):
             by = a["longer"].get(mode)
             if not by:  # a mode not measured (4x, in runs from before it was)
                 continue
@@ -801,9 +810,9 @@ def plot_longer(aggs, regime, out):
             label = f"{a['run']} {'oracle' if mode == 'hops' else mode}"
             axes[0].plot(x, [v["mean"] for v in acc], "o-", ms=3, color=colour, label=label)
             axes[0].fill_between(x, [v["min"] for v in acc], [v["max"] for v in acc], color=colour, alpha=0.15)
-            if mode == "router":
+            if mode in ("router", "converged"):
                 axes[1].plot(x, [by[h]["mean_depth"]["mean"] for h in hops], "o-", ms=3, color=colour, label=label)
-                axes[1].plot(x, x, ":", color="k", lw=1, label="depth = hops")
+    axes[1].plot(x, x, ":", color="k", lw=1, label="depth = hops")
     axes[0].set_ylim(-0.02, 1.02)
     for ax, ylabel in zip(axes, ("references right", "mean depth (iterations)")):
         ax.axvspan(0.5, TRAINED_HOPS + 0.5, color="grey", alpha=0.15, lw=0)
@@ -911,7 +920,9 @@ def evaluate_once(ckpt, flags, log_path, env):
     args = evaluate.parse_args(["--ckpt", ckpt] + flags)
     summary_path = os.path.join(args.out or os.path.dirname(os.path.abspath(ckpt)), "summary.json")
     if os.path.isfile(summary_path) and os.path.getmtime(summary_path) >= os.path.getmtime(ckpt):
-        if analyze.read_json(summary_path).get("args") == json.loads(json.dumps(vars(args))):
+        defaults = vars(evaluate.parse_args(["--ckpt", ckpt]))  # an option added since then took its default
+        saved = {**defaults, **(analyze.read_json(summary_path).get("args") or {})}
+        if json.loads(json.dumps(saved)) == json.loads(json.dumps(vars(args))):
             return
     run_logged(script("evaluate.py") + ["--ckpt", ckpt] + flags, log_path, env)
 

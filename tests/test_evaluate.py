@@ -391,6 +391,23 @@ def test_the_hops_oracle_runs_each_reference_its_hops(tmp_path, capsys):
     assert_one_error_line(e.value.code, capsys.readouterr().err)
 
 
+def test_halt_when_converged_reaches_the_model(tmp_path, capsys):
+    """--halt-when-converged: no answer token halts after its first iteration
+    (its exit has nothing to repeat yet), where the router alone halts some."""
+    ckpt = perturbed_checkpoint("online", D=4)
+    torch.save({**ckpt, "model": {k: v.float() for k, v in ckpt["model"].items()},
+                "config": {"task": "dfs", "router": "online", "size_range": [4, 5]}, "step": 0,
+                "optimizer": {}}, tmp_path / "ckpt.pt")
+    depths = {}
+    for converged in (False, True):
+        evaluate.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--sizes", "4-5", "--num", "8", "--out", str(tmp_path)]
+                      + ["--halt-when-converged"] * converged)
+        depths[converged] = [int(r["depth"]) for r in csv.DictReader(open(tmp_path / "tokens.csv"))]
+    assert "once its exit repeats" in capsys.readouterr().out
+    assert 1 in depths[False] and min(depths[True]) >= 2
+    assert json.loads((tmp_path / "summary.json").read_text())["args"]["halt_when_converged"]
+
+
 def test_a_lang_checkpoint_is_tested_on_its_own_pool_of_names(tmp_path, capsys):
     """The names a checkpoint was trained with are those of its tests (they are
     in its vocabulary); one of another vocabulary is a one-line error."""
@@ -416,7 +433,9 @@ def test_test_time_depth_errors(tmp_path, capsys):
     for router, more, args in (("early", {}, ["--max-depth", "5"]),  # ANIRA-E cannot choose depth 5
                                ("none", {"share": False}, ["--max-depth", "5"]),  # no block for depth 5
                                ("online", {}, ["--depth", "hops"]),  # dfs has no hops
-                               ("online", {}, ["--hops", "6"])):
+                               ("online", {}, ["--hops", "6"]),
+                               ("early", {}, ["--halt-when-converged"]),  # a rule of the online router's
+                               ("online", {}, ["--halt-when-converged", "--depth", "max"])):
         ckpt = perturbed_checkpoint(router, **more)
         torch.save({**ckpt, "model": {k: v.float() for k, v in ckpt["model"].items()},
                     "config": {"task": "dfs", "router": router, "size_range": [4, 5]}, "step": 0,

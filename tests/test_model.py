@@ -45,9 +45,10 @@ CONFIGS = [  # (router, share, reinject, other ModelConfig fields)
     ("online", True, False, {"depth_embed": False, "norm_state": True}),
     ("online", True, False, {"depth_embed": False, "anchor": True, "prompt_depth": 1}),
     ("none", True, False, {"anchor": True, "prompt_depth": 2}),
+    ("online", True, False, {"depth_embed": False, "anchor": True, "prompt_depth": 1, "halt_when_converged": True}),
 ]
 CONFIG_IDS = ["none", "early", "online", "online-reinject", "none-unshared", "online-no-depth-embed",
-              "online-norm-state", "online-anchor-prompt-1", "none-anchor-prompt-2"]
+              "online-norm-state", "online-anchor-prompt-1", "none-anchor-prompt-2", "online-anchor-converged"]
 
 
 def make(router="online", share=True, reinject=False, D=4, seed=0, **more):
@@ -452,6 +453,45 @@ def test_depth_is_the_first_iteration_whose_hazard_passes_the_threshold(router, 
     depth, clear = depth[:, P - 1:], clear[:, P - 1:]
     assert clear.float().mean() > 0.9 and len(torch.unique(depth[clear])) >= 2
     assert torch.equal(depths[clear], depth[clear])
+
+
+@pytest.mark.parametrize("always_stop", [True, False])
+def test_halt_when_converged_waits_for_the_exit_to_repeat(always_stop):
+    """With halt_when_converged, ANIRA-O's token stops after the first
+    iteration k > 1 whose hazard passes the threshold and whose exit names the
+    token exit k-1 named; with a hazard that always passes, at the first
+    repeat. Read on each token's own path (the counterfactual exits), and the
+    inference forward and cached generation halt at the same depths."""
+    D = 6
+    m = perturb(make("online", D=D, seed=2, depth_embed=False, anchor=True, prompt_depth=1,
+                     halt_when_converged=True), router_std=0.3).eval()
+    if always_stop:
+        nn.init.constant_(m.router[-1].bias, 50.0)
+    idx = torch.randint(0, V, (4, 24), generator=torch.Generator().manual_seed(2))
+    adaptive = torch.ones_like(idx, dtype=torch.bool)
+    adaptive[:, :5] = False  # a prompt
+    with torch.no_grad():
+        out = m(idx, adaptive=adaptive, counterfactual=True)
+        served = m(idx, adaptive=adaptive)
+    token = torch.stack([lg.argmax(-1) for lg in out.exit_logits], -1)  # (B, T, D) on each token's own path
+    repeats = F.pad(token[..., 1:] == token[..., :-1], (1, 0))
+    stops = repeats & (hazards_from_log_p(out.log_p_depth) > m.cfg.halt_threshold)
+    if always_stop:
+        assert stops[..., :-1].equal(repeats[..., :-1])
+    stops[..., -1] = True
+    expected = torch.where(adaptive, stops.int().argmax(-1) + 1, 1)
+    assert torch.equal(out.depth, expected)
+    assert torch.equal(served.depth, expected)
+    assert len(torch.unique(expected[adaptive])) >= 3
+    assert (expected[adaptive] < D).any() and (~stops[..., :-1] & (hazards_from_log_p(out.log_p_depth)[..., :-1]
+                                                                   > m.cfg.halt_threshold))[adaptive].any()
+    P = 8  # generate(): the depths of the teacher-forced forward on what it generated
+    tokens, depths = m.generate(idx[:, :P], 10)
+    full = torch.cat([idx[:, :P], tokens[:, :-1]], 1)
+    adaptive = torch.zeros_like(full, dtype=torch.bool)
+    adaptive[:, P - 1:] = True
+    with torch.no_grad():
+        assert torch.equal(depths, m(full, adaptive=adaptive).depth[:, P - 1:])
 
 
 class RecordingCache(KVCache):
@@ -1026,6 +1066,8 @@ def test_bad_configs_raise():
         ANIRA(ModelConfig(d_model=32, n_heads=2, share=False, router="online"))
     with pytest.raises(ValueError):
         ANIRA(ModelConfig(d_model=32, n_heads=2, share=False, router="early"))
+    with pytest.raises(ValueError):
+        ANIRA(ModelConfig(d_model=32, n_heads=2, router="early", halt_when_converged=True))
     m = ANIRA(ModelConfig(d_model=32, n_heads=2, max_depth=3, share=False, router="none"))
     assert len(m.core) == 3
 

@@ -106,7 +106,9 @@ def test_lang_chase_reports_thinking_longer(tmp_path):
                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr
     runs = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert set(runs["online-p0.03"]["longer"]) == {"router", "max", "hops", "4x", "control"}
+    assert set(runs["online-p0.03"]["longer"]) == {"router", "converged", "max", "hops", "4x", "control"}
+    for x in runs["online-p0.03"]["longer"]["converged"].values():  # no halt before an exit can repeat
+        assert x["mean_depth"] >= 2
     assert set(runs["none-d2"]["longer"]) == set(runs["early-p0.03"]["longer"]) == {"max", "hops", "4x", "control"}
     for h, x in runs["none-d1"]["longer"]["4x"].items():  # 4x the hops, however many (a test max_depth of 32)
         assert x["mean_depth"] == 4 * int(h)
@@ -135,7 +137,9 @@ def test_lang_longer_runs_its_own_depth_and_tests_every_length_alike(monkeypatch
     monkeypatch.setattr(study.analyze, "read_json", lambda path: {})
     args = study.parse_args(["--regimes", "lang-longer,lang-chase", "--out", str(tmp_path)])
     study.thinking_longer(str(tmp_path), "online", study.REGIMES["lang-longer"]["longer"], args, {})
-    assert len(calls) == 5 and all("--uniform-hops" in f and f[f.index("--hops") + 1] == "16" for f in calls)
+    assert len(calls) == 6 and all("--uniform-hops" in f and f[f.index("--hops") + 1] == "16" for f in calls)
+    assert [f[:f.index("--max-depth")] for f in calls if "--halt-when-converged" in f] == \
+        [["--depth", "router", "--halt-when-converged"]]
     assert study.points("lang-longer", args) == [("online", 6, 0.03)]
     assert study.points("lang-chase", args)[-1] == ("online", 4, 0.03)
     assert study.points("lang-chase", study.parse_args(["--max-depth", "5"]))[-1] == ("online", 5, 0.03)
@@ -385,6 +389,36 @@ def test_thinking_longer_rule(accuracies, depth, four_x, verdict):
                 "4x": {h: dict(x, reference_acc=x["reference_acc"] - four_x) for h, x in at.items()}}
     verdicts = judge([run("online-p0.01", s, longer=longer(a)) for s, a in enumerate(accuracies)], longer=True)
     assert verdicts["thinking longer", "online-p0.01"] == verdict
+
+
+def test_thinking_longer_reports_halting_once_converged_beside_the_router():
+    at = {"5": dict(reference_acc=0.8, mean_depth=5.0), "6": dict(reference_acc=0.7, mean_depth=6.0)}
+    late = {"5": dict(reference_acc=1.0, mean_depth=6.0), "6": dict(reference_acc=0.99, mean_depth=7.5)}
+    seeds = [{"longer": {"router": at, "control": at, "hops": at, "4x": at, **({"converged": late} if s else {})}}
+             for s in range(2)]
+    measured, verdict = study.longer(seeds)
+    assert measured.endswith("halting once converged: worst length n/a / 0.99, at most n/a / 1.5 iterations past "
+                             "the hops") and verdict == "not reached"  # judged on the router alone
+    assert "converged" not in study.longer(seeds[:1])[0]
+
+
+def test_evaluate_once_skips_a_summary_of_the_same_arguments(tmp_path, monkeypatch):
+    """A summary written after the checkpoint by the same arguments is not
+    measured again, also when an option was added to evaluate.py since (it
+    took its default); other arguments are."""
+    calls = []
+    monkeypatch.setattr(study, "run_logged", lambda cmd, log, env: calls.append(cmd))
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"")
+    flags = ["--num", "5", "--out", str(tmp_path)]
+    saved = vars(study.evaluate.parse_args(["--ckpt", str(ckpt)] + flags))
+    del saved["halt_when_converged"]  # a summary from before the option
+    (tmp_path / "summary.json").write_text(json.dumps({"args": saved}))
+    study.evaluate_once(str(ckpt), flags, "log", {})
+    assert calls == []
+    study.evaluate_once(str(ckpt), flags + ["--halt-when-converged"], "log", {})
+    study.evaluate_once(str(ckpt), ["--num", "6", "--out", str(tmp_path)], "log", {})
+    assert len(calls) == 2
 
 
 # -----------------------------------------------------------------------------
