@@ -370,7 +370,8 @@ def pick_device(name):
 
 # fields ModelConfig gained after checkpoints were shared, with the value that
 # reproduces how those checkpoints ran; a checkpoint missing any other field is refused
-MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False, anchor=False, prompt_depth=0)
+MODEL_FIELDS_ADDED = dict(early_input="prelude", depth_embed=True, norm_state=False, anchor=False, prompt_depth=0,
+                          halt_when_converged=False)
 CONFIG_FIELDS_ADDED = dict(dtype="float32")  # the same for train.py's flags (CPU runs were float32)
 RESUME_KEYS = ("task", "prompt_loss", "chain_order", "hints", "hops", "names", "dtype")  # beside the model's config
 

@@ -514,12 +514,16 @@ def test_load_checkpoint_rejects_bad_files(early_ckpt_dir, tmp_path, capsys):
 
 
 def test_a_checkpoint_from_before_early_input_loads_as_it_ran(early_ckpt_dir, tmp_path):
-    """A field ModelConfig gained later takes the value the older checkpoint ran with."""
+    """A field ModelConfig gained later takes the value the older checkpoint
+    ran with (early_input, ..., halt_when_converged)."""
     ckpt = torch.load(early_ckpt_dir / "ckpt.pt", weights_only=True)
-    del ckpt["model_config"]["early_input"]
+    for field in train.MODEL_FIELDS_ADDED:
+        del ckpt["model_config"][field]
     older = tmp_path / "before_early_input.pt"
     torch.save(ckpt, older)
-    assert train.load_checkpoint(str(older))["model_config"]["early_input"] == "prelude"
+    loaded = train.load_checkpoint(str(older))["model_config"]
+    assert loaded["early_input"] == "prelude" and loaded["halt_when_converged"] is False
+    assert {k: loaded[k] for k in train.MODEL_FIELDS_ADDED} == train.MODEL_FIELDS_ADDED
 
 
 def test_errors_through_the_command_line(early_ckpt_dir, tmp_path):
