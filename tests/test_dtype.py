@@ -31,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--d-model", "32", "--n-heads", "2", "--max-depth", "3", "--batch-size", "8",
         "--eval-num", "16", "--eval-every", "2", "--sizes", "4-5", "--halt-warmup", "1"]
 SEED = {"none": 0, "early": 0, "online": 3}  # seeds whose routers halt at varied depths
+CONVERGED = dict(depth_embed=False, anchor=True, prompt_depth=1, halt_when_converged=True)  # lang-longer's step
 
 
 def bf16():
@@ -46,11 +47,11 @@ def tolerance(m, logits):
     return (m.cfg.n_prelude + m.cfg.max_depth + 1) * 2 ** -8 * logits.abs().max().item()
 
 
-def make(router):
+def make(router, **more):
     """A model whose outputs vary from token to token (weights of spread 0.2,
     gain about 1 at d_model 32) and whose router halts at varied depths."""
     torch.manual_seed(SEED[router])
-    m = ANIRA(ModelConfig(vocab_size=V, d_model=32, n_heads=2, max_depth=D, router=router))
+    m = ANIRA(ModelConfig(vocab_size=V, d_model=32, n_heads=2, max_depth=D, router=router, **more))
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, nn.Linear):
@@ -136,15 +137,16 @@ def test_bf16_agrees_with_float32_at_a_forced_depth(router):
         assert_close(a, b, tolerance(m, b))
 
 
-@pytest.mark.parametrize("router", ROUTERS)
-def test_routed_forced_and_cached_paths_agree_under_bf16(router):
+@pytest.mark.parametrize("router,more", [(r, {}) for r in ROUTERS] + [("online", CONVERGED)],
+                         ids=[*ROUTERS, "online-anchor-converged"])
+def test_routed_forced_and_cached_paths_agree_under_bf16(router, more):
     """Under bf16, as in float32: the routed forward equals the forced one at
     the routed depths, and so does the training forward forced to them; cached
     generation's logits are those of the forced forward at the depths it ran
     (within bf16's precision: decoding one position at a time multiplies
     matrices of other shapes, which round otherwise). Where the router
     decides, each path gives the depths of the others (see mostly_equal)."""
-    m = make(router)
+    m = make(router, **more)
     idx, adaptive, _ = batch()
     B, P, N = 4, 10, 12
     prompt = idx[:, :P]
