@@ -26,7 +26,9 @@ ANIRA-E's hazards come from a softmax fixed before the recurrence
 (h_k = p(k) / sum_{j>=k} p(j)); ANIRA-O's from a sigmoid on the state after
 iteration k. One halting rule serves both, in training and in inference:
 
-    a token stops after the first iteration k with h_k > 0.5.
+    a token stops after the first iteration k with h_k > 0.5
+    (with halt_when_converged, a test-time rule for ANIRA-O, only once its
+    exit after k names the token its exit after k-1 named).
 
 Halted tokens are frozen: their state stops changing, and at every later
 iteration the other tokens attend to that frozen state (no token leaves the
