@@ -31,7 +31,8 @@ reference accuracy and mean depth by hops ("by_hops"); --uniform-hops asks
 every prompt for the end of a chain of 1..--hops hops, so that the longest
 chains are tested as often as the short ones. --halt-when-converged keeps
 the online router but halts a token only once its exit repeats the previous
-iteration's token: one more iteration, a halt that waits for a fixed point.
+iteration's token, a halt that waits for a fixed point: never before the
+router would, never after one iteration.
 Examples come from a seed distinct from training and from train.py's held-out set.
 """
 import argparse
@@ -336,6 +337,8 @@ def lang_value(prompt, name):
 
 
 def parse_args(argv):
+    # an option added later defaults to what evaluate.py did before it: study.evaluate_once
+    # takes a summary written without it as written with its default
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     p.add_argument("--sizes", default=None,

@@ -98,8 +98,9 @@ class ModelConfig:
     prompt_depth: int = 0    # iterations every prompt token runs (0: max_depth, as routers leave it)
     halt_when_converged: bool = False  # ANIRA-O halts a token only once its exit names the token the previous
     #                          iteration's did: the answer has stopped changing (Deep Thinking's fixed point).
-    #                          Set at test (evaluate.py --halt-when-converged); one more iteration per token
-    #                          buys the router's early halts on long chases back (RESULTS.md "Thinking longer")
+    #                          A test-time rule (evaluate.py --halt-when-converged; training's halting loss
+    #                          ignores it): at least 2 iterations, never fewer than the router's, which on
+    #                          long chases takes the router's early halts back (RESULTS.md "Thinking longer")
 
 
 @dataclass
@@ -202,6 +203,7 @@ class ANIRA(nn.Module):
             s_k = block(x_k), attending to the keys and values of x_k at the
                   tokens still running and of the frozen state at halted ones
             a token halts after iteration k if its hazard h_k > halt_threshold
+                  (and, with halt_when_converged, exit k names exit k-1's token)
 
         Returns the visible states (each token's state at its own depth), the
         depths, and in training every iteration's exit logits. `state` is each
@@ -481,7 +483,8 @@ class Halting:
 
     def stops_after(self, k, state, rows=None):
         """(B, T) bool: the tokens that stop after iteration k: the prompt at
-        prompt_depth, the others where their hazard says so.
+        prompt_depth, the others where their hazard says so (and, with
+        halt_when_converged, their exit repeats).
         state: (B, T, C), or (N, C) for the running tokens at the flat `rows`."""
         stop = self.hazard_stops(k, state, rows)
         if self.cfg.prompt_depth:

@@ -247,8 +247,8 @@ def train_unless_finished(run, flags, steps, env):
 def thinking_longer(run, router, longer, args, env):
     """References right and mean depth by hops on chains longer than any
     trained on, with max_depth raised at test time: the router deciding
-    (online only: ANIRA-E cannot choose a depth it never had), and once
-    more halting a token only once its exit repeats ("converged"), every token at
+    (online only: ANIRA-E cannot choose a depth it never had), and the router
+    again, halting a token only once its exit repeats ("converged"), every token at
     max_depth, each reference at exactly its hops (evaluate.py --depth), and
     at 4x its hops (does the answer stay put?); and the control, every token
     at the longest trained chain's hops: a longer chain resolved there was
@@ -529,8 +529,8 @@ def longer(seeds):
                  f"router depth off the hops by at most {per_seed(astray, 1)}; oracle minus 4x at most "
                  f"{per_seed(overthinking, 2)}")
     if any("converged" in r["longer"] for r in seeds):  # the same router, halting only once its exit repeats
-        measured += (f"; halting once converged: worst length {per_seed(get('converged', 'reference_acc').min(1), 2)}"
-                     f", at most {per_seed((get('converged', 'mean_depth') - np.array(hops)).max(1), 1)} "
+        worst, past = get("converged", "reference_acc").min(1), (get("converged", "mean_depth") - hops).max(1)
+        measured += (f"; halting once converged: worst length {per_seed(worst, 2)}, at most {per_seed(past, 1)} "
                      "iterations past the hops")
     reached = (np.nan_to_num(acc.min(1)) >= 0.9).all() and (np.nan_to_num(astray, nan=99) <= 1).all() \
         and (np.nan_to_num(overthinking, nan=1) <= 0.02).all()
@@ -708,9 +708,10 @@ def section_longer(rows, spec, judged):
          + f", max_depth raised to {longer['max_depth']} ({4 * longer['hops']} for 4x) "
          "(`evaluate.py --max-depth --hops --depth`). References right @ mean depth, by hops: the router "
          "deciding, where measured the router halting a token only once its exit repeats the previous "
-         "iteration's token (converged, `--halt-when-converged`), every token at max_depth, each reference at exactly its hops (the oracle) and, where "
-         "measured, at 4x its hops (4x: an answer found should stay put), and the "
-         f"control: every token at {TRAINED_HOPS} iterations, the longest chain trained on. A longer "
+         "iteration's token (converged, `--halt-when-converged`), every token at max_depth, each "
+         "reference at exactly its hops (the oracle) and, where measured, at 4x its hops (4x: an answer "
+         f"found should stay put), and the control: every token at {TRAINED_HOPS} iterations, the longest "
+         "chain trained on. A longer "
          "chain resolved in the control was not chased hop by hop, but read off the prompt another way: "
          "only what the other rows add over the control is thinking longer.", ""]
     hops = sorted({h for a in rows for mode in (a.get("longer") or {}).values() for h in mode}, key=int)
@@ -788,6 +789,9 @@ def plot_curve(rows, regime, out):
     return path
 
 
+MODE_COLOURS = (("router", "r"), ("converged", "m"), ("hops", "k"), ("4x", "b"), ("control", "grey"))
+
+
 def plot_longer(aggs, regime, out):
     """Thinking longer, the online router's runs: references right against
     hops for the router (and, where measured, halting once converged), the
@@ -800,7 +804,7 @@ def plot_longer(aggs, regime, out):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for a in runs:
-        for mode, colour in (("router", "r"), ("converged", "m"), ("hops", "k"), ("4x", "b"), ("control", "grey")):
+        for mode, colour in MODE_COLOURS:
             by = a["longer"].get(mode)
             if not by:  # a mode not measured (4x, in runs from before it was)
                 continue
@@ -812,7 +816,8 @@ def plot_longer(aggs, regime, out):
             axes[0].fill_between(x, [v["min"] for v in acc], [v["max"] for v in acc], color=colour, alpha=0.15)
             if mode in ("router", "converged"):
                 axes[1].plot(x, [by[h]["mean_depth"]["mean"] for h in hops], "o-", ms=3, color=colour, label=label)
-    axes[1].plot(x, x, ":", color="k", lw=1, label="depth = hops")
+    hops = sorted({int(h) for a in runs for by in a["longer"].values() for h in by})
+    axes[1].plot(hops, hops, ":", color="k", lw=1, label="depth = hops")
     axes[0].set_ylim(-0.02, 1.02)
     for ax, ylabel in zip(axes, ("references right", "mean depth (iterations)")):
         ax.axvspan(0.5, TRAINED_HOPS + 0.5, color="grey", alpha=0.15, lw=0)
@@ -920,10 +925,11 @@ def evaluate_once(ckpt, flags, log_path, env):
     args = evaluate.parse_args(["--ckpt", ckpt] + flags)
     summary_path = os.path.join(args.out or os.path.dirname(os.path.abspath(ckpt)), "summary.json")
     if os.path.isfile(summary_path) and os.path.getmtime(summary_path) >= os.path.getmtime(ckpt):
-        defaults = vars(evaluate.parse_args(["--ckpt", ckpt]))  # an option added since then took its default
-        saved = {**defaults, **(analyze.read_json(summary_path).get("args") or {})}
-        if json.loads(json.dumps(saved)) == json.loads(json.dumps(vars(args))):
-            return
+        saved = analyze.read_json(summary_path).get("args")
+        if saved is not None:  # an option added to evaluate.py since then ran as its default
+            saved = {**vars(evaluate.parse_args(["--ckpt", ckpt])), **saved}
+            if json.loads(json.dumps(saved)) == json.loads(json.dumps(vars(args))):
+                return
     run_logged(script("evaluate.py") + ["--ckpt", ckpt] + flags, log_path, env)
 
 

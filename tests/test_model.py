@@ -494,6 +494,28 @@ def test_halt_when_converged_waits_for_the_exit_to_repeat(always_stop):
         assert torch.equal(depths, m(full, adaptive=adaptive).depth[:, P - 1:])
 
 
+class NamesTokenZero(nn.Module):
+    """An LM head whose every exit names token 0 (the id an unset 'previous token' could hold)."""
+
+    def forward(self, x):
+        return F.pad(torch.ones(*x.shape[:-1], 1), (0, V - 1))
+
+
+def test_halt_when_converged_never_stops_after_the_first_iteration():
+    """The first exit has no previous one to repeat, whichever token it names:
+    with a hazard that always passes and exits that always name token 0,
+    every answer token stops after exactly two iterations."""
+    m = perturb(make("online", D=4, seed=2, depth_embed=False, anchor=True, prompt_depth=1,
+                     halt_when_converged=True)).eval()
+    nn.init.constant_(m.router[-1].bias, 50.0)
+    m.head = NamesTokenZero()
+    idx = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(0))
+    adaptive = torch.ones_like(idx, dtype=torch.bool)
+    with torch.no_grad():
+        for counterfactual in (False, True):
+            assert (m(idx, adaptive=adaptive, counterfactual=counterfactual).depth == 2).all()
+
+
 class RecordingCache(KVCache):
     instances = []
 

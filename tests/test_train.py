@@ -513,13 +513,13 @@ def test_load_checkpoint_rejects_bad_files(early_ckpt_dir, tmp_path, capsys):
     assert train.load_checkpoint(str(early_ckpt_dir / "ckpt.pt"))["step"] == 1
 
 
-def test_a_checkpoint_from_before_early_input_loads_as_it_ran(early_ckpt_dir, tmp_path):
+def test_a_checkpoint_from_before_the_later_fields_loads_as_it_ran(early_ckpt_dir, tmp_path):
     """A field ModelConfig gained later takes the value the older checkpoint
     ran with (early_input, ..., halt_when_converged)."""
     ckpt = torch.load(early_ckpt_dir / "ckpt.pt", weights_only=True)
     for field in train.MODEL_FIELDS_ADDED:
         del ckpt["model_config"][field]
-    older = tmp_path / "before_early_input.pt"
+    older = tmp_path / "older.pt"
     torch.save(ckpt, older)
     loaded = train.load_checkpoint(str(older))["model_config"]
     assert loaded["early_input"] == "prelude" and loaded["halt_when_converged"] is False
