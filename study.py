@@ -816,8 +816,8 @@ def plot_longer(aggs, regime, out):
             axes[0].fill_between(x, [v["min"] for v in acc], [v["max"] for v in acc], color=colour, alpha=0.15)
             if mode in ("router", "converged"):
                 axes[1].plot(x, [by[h]["mean_depth"]["mean"] for h in hops], "o-", ms=3, color=colour, label=label)
-    hops = sorted({int(h) for a in runs for by in a["longer"].values() for h in by})
-    axes[1].plot(hops, hops, ":", color="k", lw=1, label="depth = hops")
+    lengths = sorted({int(h) for a in runs for by in a["longer"].values() for h in by})
+    axes[1].plot(lengths, lengths, ":", color="k", lw=1, label="depth = hops")
     axes[0].set_ylim(-0.02, 1.02)
     for ax, ylabel in zip(axes, ("references right", "mean depth (iterations)")):
         ax.axvspan(0.5, TRAINED_HOPS + 0.5, color="grey", alpha=0.15, lw=0)
